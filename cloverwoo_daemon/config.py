@@ -1,0 +1,283 @@
+"""The TOML config of interface.md, decoded into frozen msgspec structs.
+
+Rules:
+
+- Unknown keys and wrong types are refused with one line that names the key
+  (``ConfigError``; the CLI exits 2). msgspec's ``forbid_unknown_fields``
+  does the checking; we only reword its path (``$.clover.locations[0].nme``)
+  into the TOML key the operator typed.
+- Secrets are never inline. Every secret has a ``*_file`` form (systemd
+  ``LoadCredential=`` puts files in ``$CREDENTIALS_DIRECTORY``; a relative
+  ``*_file`` path is looked up there first) and an environment variable form.
+  ``load_secrets`` reads them once at start and refuses a missing or empty one.
+- Durations are strings (``"2s"``, ``"15m"``, ``"1h"``, ``"off"``) parsed here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """The config is unusable; the message names the key and what is wrong."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, *, key: str) -> float | None:
+    """Seconds for ``"2s"``-style text; ``None`` for ``"off"``."""
+    if text.strip().lower() == "off":
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"{key}: {text!r} is not a duration (use e.g. \"2s\", \"15m\", \"1h\" or \"off\")")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Base):
+    listen: str = "127.0.0.1:8787"
+    max_body_bytes: int = 1_048_576
+    queue_size: int = 10_000  # events waiting for the actors before we answer 503
+    public_url: str = ""  # what Clover/Woo post to (behind the TLS proxy); shown by `webhooks register`
+
+
+class ControlConfig(_Base):
+    socket: str = "/run/cloverwoo/control.sock"
+
+
+class StateConfig(_Base):
+    path: str = "/var/lib/cloverwoo/state.sqlite3"
+
+
+class WooConfig(_Base):
+    base_url: str
+    auth: Literal["auto", "basic", "oauth1"] = "auto"
+    consumer_key_file: str = ""
+    consumer_secret_file: str = ""
+    webhook_secret_file: str = ""
+    poll_every: str = "2s"
+    max_in_flight: int = 4
+    timeout: str = "30s"
+
+
+class LocationConfig(_Base):
+    name: str
+    merchant_id: str
+    token_file: str = ""
+    primary: bool = False
+
+
+class CloverConfig(_Base):
+    base_url: str = "https://api.clover.com"
+    auth_code_file: str = ""
+    poll_every: str = "2s"
+    timeout: str = "30s"
+    app_rate: float = 50.0  # per app, requests per second (Clover's documented limit)
+    app_in_flight: int = 10
+    token_rate: float = 16.0  # per token
+    token_in_flight: int = 5
+    locations: list[LocationConfig] = msgspec.field(default_factory=list)
+
+
+class SyncConfig(_Base):
+    mode: Literal["aggregate", "single", "per-location"] = "aggregate"
+    deduct: str | list[str] = "primary"
+    source_of_truth: Literal["clover", "woo"] = "clover"
+    reconcile_every: str = "15m"
+    shards: int = 8
+
+
+class AlertsConfig(_Base):
+    email_to: list[str] = msgspec.field(default_factory=list)
+    email_from: str = "cloverwoo@localhost"
+    smtp_url: str = "smtp://localhost:25"
+    smtp_password_file: str = ""
+    low_stock_threshold: int = 5
+    out_of_stock: Literal["hide", "backorder", "contact"] = "backorder"
+    thresholds: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Config(_Base):
+    woocommerce: WooConfig
+    clover: CloverConfig
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+    sync: SyncConfig = msgspec.field(default_factory=SyncConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+
+    @property
+    def primary_location(self) -> LocationConfig:
+        for loc in self.clover.locations:
+            if loc.primary:
+                return loc
+        return self.clover.locations[0]
+
+    @property
+    def active_locations(self) -> list[LocationConfig]:
+        """The locations the daemon reads and writes (single mode: only the primary)."""
+        if self.sync.mode == "single":
+            return [self.primary_location]
+        return list(self.clover.locations)
+
+
+class Secrets(msgspec.Struct, frozen=True):
+    """Secrets read at start. ``repr`` never shows values, so a traceback cannot leak them."""
+
+    woo_consumer_key: str
+    woo_consumer_secret: str
+    woo_webhook_secret: str
+    clover_auth_code: str
+    clover_tokens: dict[str, str]  # location name -> token
+
+    def __repr__(self) -> str:
+        return "Secrets(<redacted>)"
+
+    __str__ = __repr__
+
+    def values(self) -> list[str]:
+        """Every secret value, for log redaction and for the tests that scan output."""
+        vals = [self.woo_consumer_key, self.woo_consumer_secret, self.woo_webhook_secret, self.clover_auth_code]
+        vals += list(self.clover_tokens.values())
+        return [v for v in vals if v]
+
+
+def _toml_key(path: str) -> str:
+    """``$.clover.locations[0].name`` -> ``clover.locations[0].name``."""
+    return path[2:] if path.startswith("$.") else path.lstrip("$")
+
+
+def _reword(err: msgspec.ValidationError) -> str:
+    msg = str(err)
+    # msgspec: "Object contains unknown field `nme` - at `$.clover.locations[0]`"
+    m = re.match(r"Object contains unknown field `([^`]+)`(?: - at `([^`]+)`)?", msg)
+    if m:
+        where = _toml_key(m.group(2) or "$")
+        key = f"{where}.{m.group(1)}" if where else m.group(1)
+        return f"{key}: unknown key"
+    m = re.match(r"Object missing required field `([^`]+)`(?: - at `([^`]+)`)?", msg)
+    if m:
+        where = _toml_key(m.group(2) or "$")
+        key = f"{where}.{m.group(1)}" if where else m.group(1)
+        return f"{key}: required key is missing"
+    m = re.match(r"(.*) - at `([^`]+)`$", msg)
+    if m:
+        return f"{_toml_key(m.group(2))}: {m.group(1)}"
+    return msg
+
+
+def parse_config(text: str, *, source: str = "config") -> Config:
+    """Decode and check config text; raises ``ConfigError`` with a one-line reason."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_reword(exc)) from None
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, source=str(p))
+
+
+def _check(cfg: Config) -> None:
+    parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every")
+    parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout")
+    parse_duration(cfg.clover.poll_every, key="clover.poll_every")
+    parse_duration(cfg.clover.timeout, key="clover.timeout")
+    every = cfg.sync.reconcile_every
+    if every not in ("5m", "15m", "1h", "off"):
+        parse_duration(every, key="sync.reconcile_every")
+    if not cfg.clover.locations:
+        raise ConfigError("clover.locations: at least one [[clover.locations]] is required")
+    names = [loc.name for loc in cfg.clover.locations]
+    if len(set(names)) != len(names):
+        raise ConfigError("clover.locations: location names must be unique")
+    if sum(1 for loc in cfg.clover.locations if loc.primary) > 1:
+        raise ConfigError("clover.locations: only one location may have primary = true")
+    deduct = cfg.sync.deduct
+    if isinstance(deduct, str):
+        if deduct not in ("primary", "most_stock"):
+            raise ConfigError(f"sync.deduct: {deduct!r} is not primary, most_stock or a list of location names")
+    else:
+        unknown = [d for d in deduct if d not in names]
+        if unknown or not deduct:
+            raise ConfigError(f"sync.deduct: unknown location(s) {unknown} (known: {names})")
+    if cfg.sync.shards < 1 or cfg.sync.shards > 256:
+        raise ConfigError("sync.shards: must be between 1 and 256")
+    if cfg.server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes: must be at least 1024")
+    host, sep, port = cfg.server.listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"server.listen: {cfg.server.listen!r} is not HOST:PORT")
+    if not cfg.woocommerce.base_url.startswith(("http://", "https://")):
+        raise ConfigError("woocommerce.base_url: must start with http:// or https://")
+    if not cfg.clover.base_url.startswith(("http://", "https://")):
+        raise ConfigError("clover.base_url: must start with http:// or https://")
+
+
+def _env_name(key: str) -> str:
+    return "CLOVERWOO_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
+
+
+def _read_secret(key: str, file_value: str, *, required: bool = True) -> str:
+    """A secret from ``CLOVERWOO_<KEY>`` or from the file named by ``<key>_file``.
+
+    A relative file name is looked up in ``$CREDENTIALS_DIRECTORY`` first
+    (systemd ``LoadCredential=``).
+    """
+    env = os.environ.get(_env_name(key))
+    if env:
+        return env.strip()
+    if not file_value:
+        if required:
+            raise ConfigError(f"{key}_file: required (or set {_env_name(key)})")
+        return ""
+    path = Path(file_value)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds and (Path(creds) / path).exists():
+        path = Path(creds) / path
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{key}_file: {file_value} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}_file: cannot read {file_value}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{key}_file: {file_value} is empty")
+    return value
+
+
+def load_secrets(cfg: Config) -> Secrets:
+    """Read every secret the config names; refuse a missing or empty one."""
+    tokens = {}
+    for i, loc in enumerate(cfg.clover.locations):
+        tokens[loc.name] = _read_secret(f"clover.locations[{i}].token", loc.token_file)
+    return Secrets(
+        woo_consumer_key=_read_secret("woocommerce.consumer_key", cfg.woocommerce.consumer_key_file),
+        woo_consumer_secret=_read_secret("woocommerce.consumer_secret", cfg.woocommerce.consumer_secret_file),
+        woo_webhook_secret=_read_secret("woocommerce.webhook_secret", cfg.woocommerce.webhook_secret_file),
+        clover_auth_code=_read_secret("clover.auth_code", cfg.clover.auth_code_file),
+        clover_tokens=tokens,
+    )

@@ -1,0 +1,91 @@
+"""The interfaces the actors use, as ``typing.Protocol`` classes.
+
+Actors never import ``io``: they are handed objects that satisfy these
+protocols by ``app.py`` (production) or by tests. That keeps the one seam
+through which the outside world enters the daemon narrow and visible.
+
+Error handling: every remote call raises a subclass of ``RemoteError`` for a
+failure that is worth retrying later (after the adapter's own bounded retries
+ran out), and ``PermanentError`` for a request the remote refused for good
+(unknown id, bad permission). Actors catch these two and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cloverwoo_daemon.core.model import CloverItem, WooItem, WooRef, WooStock, WooWriteResult
+
+
+class RemoteError(Exception):
+    """A remote call failed after the adapter's retries; try again later."""
+
+
+class PermanentError(RemoteError):
+    """The remote refused the request itself (4xx other than 429); retrying will not help."""
+
+
+class NotFound(PermanentError):
+    """The object does not exist (deleted Clover item, trashed Woo product)."""
+
+
+class CloverPort(Protocol):
+    """One Clover location (= one merchant, one token)."""
+
+    location: str
+    merchant_id: str
+
+    async def get_stock(self, item_id: str) -> int | None:
+        """Fresh stock of one item (``GET item_stocks/{id}``); None when it has no stock record."""
+        ...
+
+    async def set_stock(self, item_id: str, quantity: int) -> int:
+        """Absolute write (``POST item_stocks/{id}``); returns the quantity Clover reports."""
+        ...
+
+    async def list_items(self, *, modified_since_ms: int | None = None) -> list[CloverItem]:
+        """All items with ``expand=itemStock``, paged at 1000; filtered by modifiedTime when given."""
+        ...
+
+    async def changed_item_ids_from_orders(self, *, since_ms: int) -> tuple[set[str], int]:
+        """Item ids in orders modified since ``since_ms``; returns (ids, newest modifiedTime seen)."""
+        ...
+
+    async def order_item_ids(self, order_id: str) -> set[str]:
+        """Item ids in the line items of one order (for an ``O:`` webhook)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class WooPort(Protocol):
+    """The WooCommerce store."""
+
+    async def get_stock(self, ref: WooRef) -> WooStock:
+        """Fresh read of one product or variation, with our version marker."""
+        ...
+
+    async def apply_deltas(
+        self, changes: list[tuple[WooRef, int, int]]
+    ) -> list[WooWriteResult]:
+        """Apply ``(ref, inventory_delta, version_marker)`` changes; batches of ≤ 100 per call.
+
+        Each change writes ``inventory_delta`` and the product meta marker
+        ``_cloverwoo_version`` in the same request. Per-item errors come back
+        as ``ok=False`` results, never as an exception.
+        """
+        ...
+
+    async def list_items(self) -> list[WooItem]:
+        """Every product and variation (paged, 100 per page)."""
+        ...
+
+    async def changed_refs(self, *, modified_after: str) -> tuple[set[WooRef], str]:
+        """Refs of products and variations modified after the ISO GMT cursor; returns (refs, new cursor)."""
+        ...
+
+    async def order_refs(self, order_id: int) -> set[WooRef]:
+        """Refs in the line items of one order."""
+        ...
+
+    async def aclose(self) -> None: ...
