@@ -241,18 +241,19 @@ def _env_name(key: str) -> str:
     return "CLOVERWOO_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
-def _read_secret(key: str, file_value: str, *, required: bool = True) -> str:
+def _read_secret(key: str, file_value: str, *, required: bool = True, env_name: str | None = None) -> str:
     """A secret from ``CLOVERWOO_<KEY>`` or from the file named by ``<key>_file``.
 
     A relative file name is looked up in ``$CREDENTIALS_DIRECTORY`` first
     (systemd ``LoadCredential=``).
     """
-    env = os.environ.get(_env_name(key))
+    env_name = env_name or _env_name(key)
+    env = os.environ.get(env_name)
     if env:
         return env.strip()
     if not file_value:
         if required:
-            raise ConfigError(f"{key}_file: required (or set {_env_name(key)})")
+            raise ConfigError(f"{key}_file: required (or set {env_name})")
         return ""
     path = Path(file_value)
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -273,7 +274,8 @@ def load_secrets(cfg: Config) -> Secrets:
     """Read every secret the config names; refuse a missing or empty one."""
     tokens = {}
     for i, loc in enumerate(cfg.clover.locations):
-        tokens[loc.name] = _read_secret(f"clover.locations[{i}].token", loc.token_file)
+        tokens[loc.name] = _read_secret(f"clover.locations[{i}].token", loc.token_file,
+                                        env_name=_env_name(f"clover.token.{loc.name}"))
     return Secrets(
         woo_consumer_key=_read_secret("woocommerce.consumer_key", cfg.woocommerce.consumer_key_file),
         woo_consumer_secret=_read_secret("woocommerce.consumer_secret", cfg.woocommerce.consumer_secret_file),

@@ -10,14 +10,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from cloverwoo_daemon.core.model import WooRef
+from cloverwoo_daemon.core.model import Binding, WooRef
 
 # --------------------------------------------------------------------------
 # Inbound events: what a webhook delivery or a poll found. Durable in the
 # store's inbox before a webhook is acknowledged.
 
 
-class CloverChange(msgspec.Struct, frozen=True, tag="clover"):
+class CloverChange(msgspec.Struct, frozen=True, tag="clover", tag_field="source"):
     """One ``merchants[mId][]`` entry of a Clover delivery: ``objectId`` split on the first ``:``."""
 
     merchant_id: str
@@ -27,7 +27,7 @@ class CloverChange(msgspec.Struct, frozen=True, tag="clover"):
     ts: int  # unix ms
 
 
-class WooChange(msgspec.Struct, frozen=True, tag="woo"):
+class WooChange(msgspec.Struct, frozen=True, tag="woo", tag_field="source"):
     """A WooCommerce delivery reduced to what the sync needs: which resource changed."""
 
     topic: str  # product.updated, order.created, ...
@@ -59,6 +59,17 @@ class MarkDirty(msgspec.Struct, frozen=True, tag="dirty"):
     trigger: str  # webhook:clover, poll:woo, reconcile, ...
     event_ids: tuple[int, ...] = ()  # inbox events settled once these merges succeed
     received_at: float = 0.0  # monotonic time the trigger arrived, for latency
+
+
+class CatalogueUpdate(msgspec.Struct, frozen=True, tag="catalogue"):
+    """New catalogue fields for a binding (or its removal), applied by its shard between merges."""
+
+    binding_id: str
+    binding: Binding | None  # None: unbind
+    reason: str = ""
+
+
+ShardCommand = MarkDirty | CatalogueUpdate
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):

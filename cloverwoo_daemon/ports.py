@@ -12,9 +12,18 @@ ran out), and ``PermanentError`` for a request the remote refused for good
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
-from cloverwoo_daemon.core.model import CloverItem, WooItem, WooRef, WooStock, WooWriteResult
+from cloverwoo_daemon.core.model import (
+    Binding,
+    CloverItem,
+    Conflict,
+    SyncLogRow,
+    WooItem,
+    WooRef,
+    WooStock,
+    WooWriteResult,
+)
 
 
 class RemoteError(Exception):
@@ -89,3 +98,62 @@ class WooPort(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class StorePort(Protocol):
+    """The durable state the actors need (implemented by ``io.store.Store``)."""
+
+    async def accept_events(self, items: list[tuple[str, bytes]]) -> list[tuple[int, bool]]: ...
+
+    async def pending_events(self) -> list[tuple[int, bytes, float]]: ...
+
+    async def settle_events(self, ids: list[int]) -> None: ...
+
+    async def load_bindings(self) -> list[Binding]: ...
+
+    async def put_bindings(self, bindings: list[Binding]) -> None: ...
+
+    async def delete_binding(self, binding_id: str) -> None: ...
+
+    async def save_intent(self, binding_id: str, intent: bytes) -> None: ...
+
+    async def load_intents(self) -> dict[str, bytes]: ...
+
+    async def commit_binding(
+        self,
+        binding: Binding,
+        *,
+        intent: bytes | None | Literal["clear"] = None,
+        log: SyncLogRow | None = None,
+        conflict: Conflict | None = None,
+    ) -> None: ...
+
+    async def append_log(self, rows: list[SyncLogRow]) -> None: ...
+
+    async def query_log(
+        self,
+        *,
+        sku: str | None = None,
+        level: str | None = None,
+        since: float | None = None,
+        after_id: int = 0,
+        limit: int = 200,
+    ) -> list[SyncLogRow]: ...
+
+    async def add_conflict(self, conflict: Conflict) -> int: ...
+
+    async def list_conflicts(self, include_resolved: bool = False) -> list[Conflict]: ...
+
+    async def resolve_conflicts(self, ids: list[int]) -> int: ...
+
+    async def get_kv(self, key: str) -> str | None: ...
+
+    async def set_kv(self, key: str, value: str) -> None: ...
+
+
+class Overloaded(Exception):
+    """The actors' queues are full: the webhook server answers 503 with ``Retry-After``."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(f"overloaded, retry after {retry_after}s")
+        self.retry_after = retry_after

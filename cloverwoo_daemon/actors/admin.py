@@ -1,0 +1,135 @@
+"""Answers to the control socket: status, the sync log, conflicts, reconciliation on demand.
+
+Read-mostly: it looks at what the actors expose (``statistics()``, status
+structs) and at the store; the only thing it changes is marking bindings dirty
+for a reconciliation and resolving conflicts, both through the normal paths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.actors.location import LocationActor
+from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
+from cloverwoo_daemon.actors.shard import ShardActor
+from cloverwoo_daemon.actors.supervisor import Supervisor
+from cloverwoo_daemon.actors.woo_poller import WooPoller
+from cloverwoo_daemon.messages import (
+    ConflictsRequest,
+    ControlRequest,
+    ControlResponse,
+    LogRequest,
+    ReconcileRequest,
+    StatusRequest,
+)
+from cloverwoo_daemon.ports import StorePort
+
+
+@dataclass
+class WebhookHealth:
+    """Last delivery per source, and the Clover verification code waiting to be pasted."""
+
+    last_event: dict[str, float] = field(default_factory=dict)  # source -> unix time
+    verification_code: str | None = None
+    verification_received_at: float | None = None
+
+    def saw(self, source: str) -> None:
+        self.last_event[source] = time.time()
+
+
+@dataclass
+class Admin:
+    store: StorePort
+    table: BindingTable
+    supervisor: Supervisor
+    router: Router
+    router_inbox: trio.MemorySendChannel[RouterInput]
+    shards: list[ShardActor]
+    shard_inboxes: list[trio.MemorySendChannel[Any]]
+    locations: dict[str, LocationActor]
+    woo_poller: WooPoller
+    webhooks: WebhookHealth
+    reconcile_every: float | None
+    listen_url: str = ""
+    started_at: float = field(default_factory=time.time)
+    store_stats: Callable[[], Any] = lambda: None
+    last_reconcile: float | None = None
+
+    async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
+        match req:
+            case StatusRequest():
+                return ControlResponse(ok=True, data=self.status())
+            case LogRequest():
+                return await self._log(req)
+            case ConflictsRequest(resolve=ids):
+                if ids:
+                    n = await self.store.resolve_conflicts(list(ids))
+                    return ControlResponse(ok=True, data={"resolved": n})
+                conflicts = await self.store.list_conflicts()
+                return ControlResponse(ok=True, data=msgspec.to_builtins(conflicts))
+            case ReconcileRequest(dry_run=dry):
+                if dry:
+                    return ControlResponse(ok=False, error="reconcile --dry-run is not available yet (issue 4)")
+                n = await self.reconcile("reconcile:manual")
+                return ControlResponse(ok=True, data={"bindings": n})
+        return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
+
+    async def reconcile(self, trigger: str) -> int:
+        """Mark every binding dirty: each gets a merge from fresh reads (the net under webhooks and polls)."""
+        ids = frozenset(self.table.ids())
+        await self.router_inbox.send(PollFound(trigger, trio.current_time(), binding_ids=ids))
+        self.last_reconcile = time.time()
+        return len(ids)
+
+    async def _log(self, req: LogRequest) -> ControlResponse:
+        rows = await self.store.query_log(sku=req.sku, level=req.level, since=req.since, after_id=req.after_id,
+                                          limit=req.limit)
+        return ControlResponse(ok=True, data=msgspec.to_builtins(rows))
+
+    def status(self) -> dict[str, Any]:
+        shard_stats = [s.statistics() for s in self.shards]
+        queue = {
+            "router": self.router_inbox.statistics().current_buffer_used,
+            "shards": [ch.statistics().current_buffer_used for ch in self.shard_inboxes],
+        }
+        stats = self.store_stats()
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "listen": self.listen_url,
+            "bindings": len(self.table),
+            "actors": {
+                name: {"running": a.running, "restarts": a.restarts, "last_error": a.last_error}
+                for name, a in self.supervisor.actors.items()
+            },
+            "queues": queue,
+            "router": self.router.statistics(),
+            "shards": {
+                "merges": sum(s["merges"] for s in shard_stats),
+                "failed_merges": sum(s["failed_merges"] for s in shard_stats),
+                "in_flight": sum(s["running"] for s in shard_stats),
+                "dirty": sum(s["dirty"] + s["again"] for s in shard_stats),
+                "retrying": sum(s["retrying"] for s in shard_stats),
+            },
+            "locations": {name: asdict(a.status) for name, a in self.locations.items()},
+            "woocommerce_poll": asdict(self.woo_poller.status),
+            "webhooks": {
+                "last_event": self.webhooks.last_event,
+                "clover_verification_code": self.webhooks.verification_code,
+            },
+            "reconcile": {"every_s": self.reconcile_every, "last": self.last_reconcile},
+            "store": msgspec.to_builtins(stats) if stats is not None else None,
+        }
+
+    def idle(self) -> bool:
+        return (
+            all(s.idle() for s in self.shards)
+            and self.router_inbox.statistics().current_buffer_used == 0
+            and all(ch.statistics().current_buffer_used == 0 for ch in self.shard_inboxes)
+        )

@@ -1,0 +1,83 @@
+"""The in-memory table of bindings and the indexes the router resolves events with.
+
+Ownership: a binding's *bases* are changed only by the shard actor that owns
+it (after the store committed them); the *catalogue* fields (which items it
+ties together) only by the catalogue refresh, which goes through the same
+shard. Everyone else reads. Trio runs one task at a time, so a plain dict is
+safe as long as nobody awaits between reading and using an entry.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+from cloverwoo_daemon.core.model import Binding, WooRef
+
+
+def shard_of(binding_id: str, shards: int) -> int:
+    """Stable shard index: the same binding always lands on the same actor, across restarts."""
+    return zlib.crc32(binding_id.encode("utf-8")) % shards
+
+
+class BindingTable:
+    def __init__(self, bindings: Iterable[Binding] = ()) -> None:
+        self._by_id: dict[str, Binding] = {}
+        self._by_clover: dict[tuple[str, str], str] = {}  # (location, item id) -> binding id
+        self._by_woo_product: dict[int, set[str]] = {}  # product id (parent for variations) -> binding ids
+        self._by_woo_ref: dict[WooRef, str] = {}
+        for b in bindings:
+            self.put(b)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, binding_id: object) -> bool:
+        return binding_id in self._by_id
+
+    def get(self, binding_id: str) -> Binding | None:
+        return self._by_id.get(binding_id)
+
+    def all(self) -> list[Binding]:
+        return list(self._by_id.values())
+
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def put(self, binding: Binding) -> None:
+        old = self._by_id.get(binding.binding_id)
+        if old is not None and (old.clover_items != binding.clover_items or old.woo != binding.woo):
+            self._unindex(old)
+        self._by_id[binding.binding_id] = binding
+        for loc, item_id in binding.clover_items.items():
+            self._by_clover[(loc, item_id)] = binding.binding_id
+        self._by_woo_product.setdefault(binding.woo.product_id, set()).add(binding.binding_id)
+        self._by_woo_ref[binding.woo] = binding.binding_id
+
+    def remove(self, binding_id: str) -> Binding | None:
+        old = self._by_id.pop(binding_id, None)
+        if old is not None:
+            self._unindex(old)
+        return old
+
+    def _unindex(self, b: Binding) -> None:
+        for loc, item_id in b.clover_items.items():
+            if self._by_clover.get((loc, item_id)) == b.binding_id:
+                del self._by_clover[(loc, item_id)]
+        ids = self._by_woo_product.get(b.woo.product_id)
+        if ids is not None:
+            ids.discard(b.binding_id)
+            if not ids:
+                del self._by_woo_product[b.woo.product_id]
+        if self._by_woo_ref.get(b.woo) == b.binding_id:
+            del self._by_woo_ref[b.woo]
+
+    def by_clover_item(self, location: str, item_id: str) -> str | None:
+        return self._by_clover.get((location, item_id))
+
+    def by_woo_ref(self, ref: WooRef) -> str | None:
+        return self._by_woo_ref.get(ref)
+
+    def by_woo_product(self, product_id: int) -> set[str]:
+        """Every binding of a product: the simple product itself, or all variations of a variable one."""
+        return set(self._by_woo_product.get(product_id, ()))

@@ -1,0 +1,135 @@
+"""The location actor: one per Clover location, owning that location's catch-up poll and order lookups.
+
+Rules:
+
+- Clover promises nothing about webhooks, so every ``poll_every`` the actor
+  asks for items modified since its cursor (``expand=itemStock``) and for the
+  items of orders modified since its order cursor. Cursors overlap by a few
+  seconds (clock skew, same-millisecond writes) and findings already
+  forwarded are not forwarded again.
+- Cursors are persisted, so a restart resumes where it stopped instead of
+  missing what changed while the daemon was down.
+- A failing location is reported (``reachable=False``) and retried; it never
+  blocks another location, since each has its own actor, client and budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.actors.router import LookupOrder, PollFound, Resolved, RouterInput
+from cloverwoo_daemon.core.backoff import Backoff
+from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort
+
+log = structlog.get_logger("cloverwoo.location")
+
+OVERLAP_MS = 5_000
+
+
+@dataclass
+class LocationStatus:
+    reachable: bool = True
+    last_poll_ok: float | None = None  # unix
+    last_error: str = ""
+    consecutive_failures: int = 0
+    polls: int = 0
+    found: int = 0
+
+
+@dataclass
+class LocationActor:
+    name: str
+    client: CloverPort
+    store: StorePort
+    table: BindingTable
+    router: trio.MemorySendChannel[RouterInput]
+    poll_every: float | None
+    status: LocationStatus = field(default_factory=LocationStatus)
+    retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, max_attempts=1_000_000))
+    _seen: dict[str, int] = field(default_factory=dict)  # item id -> modifiedTime already forwarded
+
+    async def run(
+        self, lookups: trio.MemoryReceiveChannel[LookupOrder], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as n:
+            if self.poll_every:
+                n.start_soon(self._poll_loop)
+            task_status.started()
+            async for req in lookups:
+                n.start_soon(self._lookup, req)
+            n.cancel_scope.cancel()
+
+    async def _lookup(self, req: LookupOrder) -> None:
+        attempt = 0
+        while True:
+            try:
+                items = await self.client.order_item_ids(req.order_id)
+                break
+            except NotFound:
+                items = set()
+                break
+            except RemoteError as exc:
+                attempt += 1
+                self._failed(exc)
+                await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
+        await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono, clover={self.name: items}))
+
+    async def _poll_loop(self) -> None:
+        assert self.poll_every
+        items_key = f"clover.cursor.items.{self.name}"
+        orders_key = f"clover.cursor.orders.{self.name}"
+        now_ms = int(time.time() * 1000)
+        items_cursor = int(await self.store.get_kv(items_key) or now_ms)
+        orders_cursor = int(await self.store.get_kv(orders_key) or now_ms)
+        while True:
+            await trio.sleep(self.poll_every)
+            try:
+                found: set[str] = set()
+                items = await self.client.list_items(modified_since_ms=items_cursor - OVERLAP_MS)
+                newest = items_cursor
+                for it in items:
+                    newest = max(newest, it.modified_time)
+                    if self._seen.get(it.item_id) == it.modified_time:
+                        continue
+                    self._seen[it.item_id] = it.modified_time
+                    if self.table.by_clover_item(self.name, it.item_id) is not None:
+                        found.add(it.item_id)
+                order_items, newest_order = await self.client.changed_item_ids_from_orders(
+                    since_ms=orders_cursor - OVERLAP_MS
+                )
+                found |= {i for i in order_items if self.table.by_clover_item(self.name, i) is not None}
+                if found:
+                    self.status.found += len(found)
+                    await self.router.send(PollFound("poll:clover", trio.current_time(), clover={self.name: found}))
+                if newest != items_cursor:
+                    items_cursor = newest
+                    await self.store.set_kv(items_key, str(items_cursor))
+                if newest_order > orders_cursor:
+                    orders_cursor = newest_order
+                    await self.store.set_kv(orders_key, str(orders_cursor))
+                self._prune(items_cursor)
+                self.status.polls += 1
+                self.status.reachable = True
+                self.status.consecutive_failures = 0
+                self.status.last_poll_ok = time.time()
+            except RemoteError as exc:
+                self._failed(exc)
+                await trio.sleep(self.retry.next_delay(min(self.status.consecutive_failures, 20)) or 1.0)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status.consecutive_failures += 1
+        self.status.last_error = str(exc)[:300]
+        if self.status.consecutive_failures >= 3:
+            if self.status.reachable:
+                log.warning("location_unreachable", location=self.name, error=self.status.last_error)
+            self.status.reachable = False
+
+    def _prune(self, cursor: int) -> None:
+        if len(self._seen) > 10_000:
+            horizon = cursor - 10 * OVERLAP_MS
+            self._seen = {k: v for k, v in self._seen.items() if v >= horizon}

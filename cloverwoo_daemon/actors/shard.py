@@ -1,0 +1,459 @@
+"""The SKU-shard actor: runs merges, one at a time per binding, and executes their writes.
+
+Rules this actor keeps (sync-model.md):
+
+- Per binding, merges run one at a time. Triggers that arrive while a
+  binding's merge is in flight are coalesced into exactly one more merge,
+  which starts after it with fresh reads.
+- Every merge works from fresh reads; triggers (webhooks, polls,
+  reconciliation) only say "look again", so duplicates and reordering are
+  harmless.
+- A write intent is committed before the first remote write; after each
+  remote write succeeds the bases move by exactly what that write
+  transferred, committed at once (``core.merge`` step functions). A crash at
+  any point leaves either a pending trigger in the inbox or an intent that
+  the next merge of the binding recovers first (the Woo version marker tells
+  whether the delta landed).
+- A failed merge keeps its inbox events unsettled and retries with capped
+  backoff for as long as it takes: nothing accepted is dropped.
+- Never a write that changes nothing: a zero delta sends no request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.core import merge as core_merge
+from cloverwoo_daemon.core.backoff import Backoff
+from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow
+from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, MarkDirty, ShardCommand
+from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort, WooPort
+
+log = structlog.get_logger("cloverwoo.shard")
+
+_intent_encoder = msgspec.json.Encoder()
+_intent_decoder = msgspec.json.Decoder(core_merge.WriteIntent)
+
+
+@dataclass
+class _Pending:
+    """Triggers waiting for one binding's next merge, coalesced."""
+
+    event_ids: set[int] = field(default_factory=set)
+    triggers: set[str] = field(default_factory=set)
+    received_at: float = math.inf  # earliest trigger (trio clock), for latency
+
+    def absorb(self, event_ids: tuple[int, ...] | set[int], trigger: str, received_at: float) -> None:
+        self.event_ids.update(event_ids)
+        self.triggers.add(trigger)
+        self.received_at = min(self.received_at, received_at)
+
+
+@dataclass
+class ShardDeps:
+    """What a shard needs from the outside, handed in by ``app.py``."""
+
+    store: StorePort
+    woo: WooPort
+    clovers: dict[str, CloverPort]
+    table: BindingTable
+    merge_config: core_merge.MergeConfig
+    settled: trio.MemorySendChannel[EventsSettled]
+    intents: dict[str, bytes]  # loaded at start: in-flight merges to recover
+    on_merge: Callable[[str, float], None] = lambda trigger, seconds: None  # metrics hook
+    on_conflict: Callable[[Conflict], None] = lambda c: None  # alerts hook
+    max_parallel: int = 8
+    retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, max_attempts=1_000_000))
+
+
+class _MergeFailed(Exception):
+    """This attempt could not finish; retry later (the reason is logged)."""
+
+
+class ShardActor:
+    def __init__(self, index: int, deps: ShardDeps) -> None:
+        self.index = index
+        self.deps = deps
+        self._dirty: dict[str, _Pending] = {}
+        self._running: set[str] = set()
+        self._again: dict[str, _Pending] = {}
+        self._failures: dict[str, int] = {}
+        self._catalogue: dict[str, CatalogueUpdate] = {}
+        self._sem = trio.Semaphore(deps.max_parallel)
+        self._nursery: trio.Nursery | None = None
+        self.merges = 0
+        self.failed_merges = 0
+
+    # ----------------------------------------------------------------- state
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "dirty": len(self._dirty),
+            "running": len(self._running),
+            "again": len(self._again),
+            "retrying": len(self._failures),
+            "merges": self.merges,
+            "failed_merges": self.failed_merges,
+        }
+
+    def idle(self) -> bool:
+        return not (self._dirty or self._running or self._again)
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(
+        self, inbox: trio.MemoryReceiveChannel[ShardCommand], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One incarnation. Pending work kept on ``self`` survives a restart and is rescheduled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            # A previous incarnation may have left work: schedule it again.
+            leftovers = {**self._again}
+            for bid in list(self._running):
+                leftovers.setdefault(bid, _Pending()).absorb((), "restart", trio.current_time())
+            self._running.clear()
+            self._again.clear()
+            for bid in list(self._dirty):
+                nursery.start_soon(self._merge_task, bid)
+            for bid, p in leftovers.items():
+                self._enqueue(bid, p.event_ids, "restart", p.received_at)
+            task_status.started()
+            async for cmd in inbox:
+                match cmd:
+                    case MarkDirty():
+                        for bid in cmd.binding_ids:
+                            self._enqueue(bid, cmd.event_ids, cmd.trigger, cmd.received_at or trio.current_time())
+                    case CatalogueUpdate():
+                        self._catalogue[cmd.binding_id] = cmd
+                        self._enqueue(cmd.binding_id, (), "catalogue", trio.current_time())
+
+    def _enqueue(self, bid: str, event_ids: tuple[int, ...] | set[int], trigger: str, received_at: float) -> None:
+        if bid in self._running:
+            self._again.setdefault(bid, _Pending()).absorb(event_ids, trigger, received_at)
+        elif bid in self._dirty:
+            self._dirty[bid].absorb(event_ids, trigger, received_at)
+        else:
+            p = _Pending()
+            p.absorb(event_ids, trigger, received_at)
+            self._dirty[bid] = p
+            assert self._nursery is not None
+            self._nursery.start_soon(self._merge_task, bid)
+
+    async def _merge_task(self, bid: str) -> None:
+        async with self._sem:
+            pending = self._dirty.pop(bid, None)
+            if pending is None:
+                return
+            self._running.add(bid)
+            ok = False
+            rerun = False
+            try:
+                rerun = await self._merge(bid, pending)
+                ok = True
+            except _MergeFailed:
+                pass
+            except (RemoteError, OSError) as exc:
+                log.warning("merge_failed", binding_id=bid, error=_short(exc))
+                await self._log_failure(bid, pending, exc)
+            finally:
+                self._running.discard(bid)
+        if ok:
+            self.merges += 1
+            self._failures.pop(bid, None)
+            if pending.event_ids:
+                await self.deps.settled.send(EventsSettled(tuple(sorted(pending.event_ids)), bid))
+            if rerun:
+                self._enqueue(bid, (), "recheck", trio.current_time())
+        else:
+            self.failed_merges += 1
+            attempt = self._failures.get(bid, 0) + 1
+            self._failures[bid] = attempt
+            delay = self.deps.retry.next_delay(min(attempt, 30)) or self.deps.retry.cap
+            await trio.sleep(delay)
+            # Back in line with everything that arrived meanwhile; the events stay unsettled.
+            again = self._again.pop(bid, None)
+            if again is not None:
+                pending.absorb(again.event_ids, next(iter(again.triggers), "retry"), again.received_at)
+            self._enqueue(bid, pending.event_ids, "retry", pending.received_at)
+            return
+        again = self._again.pop(bid, None)
+        if again is not None:
+            for trig in again.triggers:
+                self._enqueue(bid, again.event_ids, trig, again.received_at)
+
+    # ----------------------------------------------------------------- merge
+
+    async def _merge(self, bid: str, pending: _Pending) -> bool:
+        """One merge of one binding. Returns True when another merge should follow (a change landed meanwhile)."""
+        d = self.deps
+        trigger = ",".join(sorted(pending.triggers))
+        update = self._catalogue.pop(bid, None)
+        if update is not None:
+            try:
+                if not await self._apply_catalogue(update, trigger):
+                    return False
+            except BaseException:
+                self._catalogue.setdefault(bid, update)
+                raise
+        binding = d.table.get(bid)
+        if binding is None:
+            return False  # unbound since the trigger arrived: nothing to do
+        try:
+            woo_stock = await d.woo.get_stock(binding.woo)
+        except NotFound:
+            await self._unbind(binding, "WooCommerce product trashed or deleted", trigger)
+            return False
+
+        intent_raw = d.intents.get(bid)
+        if intent_raw is not None:
+            binding = await self._recover(binding, _intent_decoder.decode(intent_raw), woo_stock.version_marker, trigger)
+
+        if not woo_stock.manage_stock:
+            if binding.tracked:
+                binding = msgspec.structs.replace(binding, tracked=False)
+                await d.store.commit_binding(binding, log=self._row(binding, "info", "untracked", trigger,
+                                                                    detail={"reason": "manage_stock is off"}))
+                d.table.put(binding)
+            return False
+        if not binding.tracked:
+            binding = msgspec.structs.replace(binding, tracked=True, base_woo=None, base_clover={})
+            d.table.put(binding)
+        if binding.excluded:
+            return False
+
+        clover_reads, read_failed = await self._read_clover(binding)
+        reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
+        plan = core_merge.plan_merge(binding, reads, d.merge_config)
+        rerun = read_failed
+
+        if not plan.woo_delta and not any(plan.clover_deltas.values()):
+            new = core_merge.finish(core_merge.after_woo_step(binding, plan), plan)
+            if (new.base_woo, new.base_clover) != (binding.base_woo, binding.base_clover):
+                await d.store.commit_binding(new, log=self._row(new, "info", "merge", trigger, plan=plan,
+                                                                 reads=reads, latency=pending.received_at))
+                d.table.put(new)
+            await self._flag(new, plan, trigger)
+            self._record(trigger, pending)
+            if read_failed:
+                raise _MergeFailed()
+            return False
+
+        intent = core_merge.intent_for(binding, plan)
+        await d.store.save_intent(bid, _intent_encoder.encode(intent))
+        d.intents[bid] = _intent_encoder.encode(intent)
+
+        # 1. WooCommerce: the delta and the version marker in one request.
+        if plan.woo_delta:
+            (res,) = await d.woo.apply_deltas([(binding.woo, plan.woo_delta, plan.version)])
+            if not res.ok:
+                await self._log_failure(bid, pending, RemoteError(f"woocommerce write refused: {res.error}"))
+                raise _MergeFailed()
+            binding = core_merge.after_woo_step(binding, plan)
+            intent = msgspec.structs.replace(intent, woo_done=True)
+            await self._commit_step(binding, intent)
+            if res.quantity is not None and res.quantity != plan.expected_woo:
+                # A Woo-side change landed meanwhile: it is a fresh dW for the next merge, never absorbed.
+                rerun = True
+        else:
+            binding = core_merge.after_woo_step(binding, plan)
+            intent = msgspec.structs.replace(intent, woo_done=True)
+
+        # 2. Clover: absolute writes, each read fresh right before it is written.
+        for loc, delta in plan.clover_deltas.items():
+            if not delta:
+                continue
+            item_id = binding.clover_items[loc]
+            client = d.clovers[loc]
+            fresh = await client.get_stock(item_id)
+            if fresh is None:
+                await self._commit_step(binding, intent)
+                await self._log_failure(bid, pending, RemoteError(f"clover item {item_id} at {loc} has no stock record"))
+                raise _MergeFailed()
+            target = fresh + delta
+            intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets, loc: target})
+            await self._commit_step(binding, intent)
+            await client.set_stock(item_id, target)
+            binding = core_merge.after_clover_step(binding, plan, loc)
+            intent = msgspec.structs.replace(intent, clover_done=(*intent.clover_done, loc))
+            await self._commit_step(binding, intent)
+            if fresh != clover_reads.get(loc):
+                rerun = True  # a POS change landed between the merge's read and this write
+
+        binding = core_merge.finish(binding, plan)
+        row = self._row(binding, "info", "merge", trigger, plan=plan, reads=reads, latency=pending.received_at)
+        await d.store.commit_binding(binding, intent="clear", log=row)
+        d.intents.pop(bid, None)
+        d.table.put(binding)
+        await self._flag(binding, plan, trigger)
+        self._record(trigger, pending)
+        if read_failed:
+            raise _MergeFailed()
+        return rerun
+
+    async def _apply_catalogue(self, update: CatalogueUpdate, trigger: str) -> bool:
+        """Apply new catalogue fields, keeping the freshest bases; False when the binding is gone."""
+        d = self.deps
+        current = d.table.get(update.binding_id)
+        if update.binding is None:
+            if current is not None:
+                await self._unbind(current, update.reason or "no longer in the catalogue", trigger)
+            return False
+        new = update.binding
+        if current is not None:
+            kept = {
+                loc: current.base_clover.get(loc)
+                for loc, item in new.clover_items.items()
+                if current.clover_items.get(loc) == item
+            }
+            new = msgspec.structs.replace(new, base_woo=current.base_woo if current.woo == new.woo else None,
+                                          base_clover=kept, version=current.version, excluded=current.excluded)
+        if new != current:
+            await d.store.put_bindings([new])
+            d.table.put(new)
+            if current is None:
+                await d.store.append_log([self._row(new, "info", "bound", trigger,
+                                                    detail={"matched_by": new.matched_by, "clover": new.clover_items,
+                                                            "tracked": new.tracked})])
+        return True
+
+    async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
+        raw = _intent_encoder.encode(intent)
+        await self.deps.store.commit_binding(binding, intent=raw)
+        self.deps.intents[binding.binding_id] = raw
+        self.deps.table.put(binding)
+
+    async def _read_clover(self, binding: Binding) -> tuple[dict[str, int | None], bool]:
+        d = self.deps
+        reads: dict[str, int | None] = {}
+        failed = False
+
+        async def one(loc: str, item_id: str) -> None:
+            nonlocal failed
+            try:
+                reads[loc] = await d.clovers[loc].get_stock(item_id)
+            except NotFound:
+                reads[loc] = None
+                log.warning("clover_item_missing", binding_id=binding.binding_id, sku=binding.sku, location=loc)
+            except RemoteError as exc:
+                reads[loc] = None
+                failed = True
+                log.warning("clover_read_failed", binding_id=binding.binding_id, location=loc, error=_short(exc))
+
+        async with trio.open_nursery() as n:
+            for loc in d.merge_config.locations:
+                item_id = binding.clover_items.get(loc)
+                if item_id is not None and loc in d.clovers:
+                    n.start_soon(one, loc, item_id)
+        return reads, failed
+
+    async def _recover(
+        self, binding: Binding, intent: core_merge.WriteIntent, marker: int | None, trigger: str
+    ) -> Binding:
+        """Finish the bookkeeping of a merge that a crash interrupted, before any new merge."""
+        d = self.deps
+        recovered, in_doubt = core_merge.recover(binding, intent, marker)
+        resolved: dict[str, str] = {}
+        for loc in in_doubt:
+            target = intent.clover_targets.get(loc)
+            item_id = recovered.clover_items.get(loc)
+            if target is None or item_id is None or loc not in d.clovers:
+                resolved[loc] = "not written"
+                continue
+            fresh = await d.clovers[loc].get_stock(item_id)
+            if fresh == target:
+                recovered = core_merge.after_clover_step_from_intent(recovered, intent, loc)
+                resolved[loc] = "landed"
+            else:
+                resolved[loc] = "in doubt: assumed not landed"
+        recovered = core_merge.finish_from_intent(recovered, intent)
+        conflict = None
+        if any(v.startswith("in doubt") for v in resolved.values()):
+            conflict = Conflict(binding_id=binding.binding_id, sku=binding.sku, kind="ambiguous_write",
+                                detail=json.dumps({"locations": resolved, "intent_version": intent.version}),
+                                created_at=time.time())
+        row = self._row(recovered, "warning", "recovered", trigger,
+                        detail={"woo_marker": marker, "intent_version": intent.version, "clover": resolved})
+        await d.store.commit_binding(recovered, intent="clear", log=row, conflict=conflict)
+        if conflict is not None:
+            d.on_conflict(conflict)
+        d.intents.pop(binding.binding_id, None)
+        d.table.put(recovered)
+        return recovered
+
+    async def _unbind(self, binding: Binding, reason: str, trigger: str) -> None:
+        d = self.deps
+        await d.store.delete_binding(binding.binding_id)
+        await d.store.append_log([self._row(binding, "warning", "unbound", trigger, detail={"reason": reason})])
+        d.table.remove(binding.binding_id)
+        d.intents.pop(binding.binding_id, None)
+        log.warning("unbound", binding_id=binding.binding_id, sku=binding.sku, reason=reason)
+
+    async def _flag(self, binding: Binding, plan: core_merge.Plan, trigger: str) -> None:
+        for flag in plan.flags:
+            if flag.kind != "oversell":
+                continue
+            conflict = Conflict(binding_id=binding.binding_id, sku=binding.sku, kind="oversell",
+                                detail=json.dumps({"side": flag.side, "location": flag.location, "value": flag.value,
+                                                   "trigger": trigger}),
+                                created_at=time.time())
+            conflict_id = await self.deps.store.add_conflict(conflict)
+            log.warning("oversell", binding_id=binding.binding_id, sku=binding.sku, side=flag.side,
+                        location=flag.location, value=flag.value, conflict_id=conflict_id)
+            self.deps.on_conflict(msgspec.structs.replace(conflict, id=conflict_id))
+
+    def _record(self, trigger: str, pending: _Pending) -> None:
+        if math.isfinite(pending.received_at):
+            self.deps.on_merge(trigger, trio.current_time() - pending.received_at)
+
+    async def _log_failure(self, bid: str, pending: _Pending, exc: BaseException) -> None:
+        binding = self.deps.table.get(bid)
+        if binding is None:
+            return
+        row = self._row(binding, "error", "merge_failed", ",".join(sorted(pending.triggers)), error=_short(exc))
+        try:
+            await self.deps.store.append_log([row])
+        except Exception as store_exc:  # the log must never turn a retry into a crash
+            log.error("sync_log_write_failed", error=_short(store_exc))
+
+    def _row(
+        self,
+        binding: Binding,
+        level: str,
+        event: str,
+        trigger: str,
+        *,
+        plan: core_merge.Plan | None = None,
+        reads: core_merge.Reads | None = None,
+        detail: dict[str, Any] | None = None,
+        error: str = "",
+        latency: float | None = None,
+    ) -> SyncLogRow:
+        info: dict[str, Any] = dict(detail or {})
+        if reads is not None:
+            info["read"] = {"woo": reads.woo, "clover": reads.clover}
+        if plan is not None:
+            info["write"] = {"woo_delta": plan.woo_delta, "clover": {k: v for k, v in plan.clover_deltas.items() if v}}
+            info["result"] = {"woo": binding.base_woo, "clover": binding.base_clover}
+            info["version"] = binding.version
+            if plan.initial:
+                info["initial"] = True
+        latency_ms = None
+        if latency is not None and math.isfinite(latency):
+            latency_ms = round((trio.current_time() - latency) * 1000, 2)
+        return SyncLogRow(ts=time.time(), level=level, event=event, binding_id=binding.binding_id, sku=binding.sku,
+                          trigger=trigger, detail=json.dumps(info, sort_keys=True), error=error, latency_ms=latency_ms)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:500]

@@ -1,0 +1,278 @@
+"""The composition root: the only module that imports everything and wires it together.
+
+Start-up, in order (each step reports readiness before the next):
+  store open (migrated) -> bindings and pending intents loaded -> clients ->
+  actors under the supervisor -> inbox replay -> webhook server listening ->
+  control socket -> systemd READY=1.
+
+Shutdown, in named phases (docs/ARCHITECTURE.md):
+  1. stop intake: the webhook server stops accepting, the intake refuses
+     with 503 (senders retry), systemd is told STOPPING=1;
+  2. drain: wait until every queue is empty and no merge is in flight,
+     at most ``drain_seconds``;
+  3. deadline: cancel whatever is still running; an interrupted merge left
+     its intent or its inbox event in the store, to be finished at next start;
+  4. release: close clients and the store.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from cloverwoo_daemon.actors.admin import Admin, WebhookHealth
+from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.actors.catalogue import CatalogueActor
+from cloverwoo_daemon.actors.intake import Intake, decode_event
+from cloverwoo_daemon.actors.location import LocationActor
+from cloverwoo_daemon.actors.router import LookupOrder, RouteEvent, Router, RouterDeps, RouterInput
+from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
+from cloverwoo_daemon.actors.supervisor import Supervisor
+from cloverwoo_daemon.actors.woo_poller import WooPoller
+from cloverwoo_daemon.config import Config, Secrets, parse_duration
+from cloverwoo_daemon.core.merge import MergeConfig
+from cloverwoo_daemon.io import control, systemd, webhooks
+from cloverwoo_daemon.io.clover import AppGate, CloverClient
+from cloverwoo_daemon.io.metrics import Metrics
+from cloverwoo_daemon.io.store import Store
+from cloverwoo_daemon.io.woocommerce import WooClient
+from cloverwoo_daemon.messages import EventsSettled, InboxEvent, ShardCommand
+from cloverwoo_daemon.ports import CloverPort, WooPort
+
+log = structlog.get_logger("cloverwoo.app")
+
+
+@dataclass
+class Running:
+    """What a started daemon reports to whoever started it (tests, the demo)."""
+
+    webhook_url: str
+    control_socket: str
+    admin: Admin
+    stop: Callable[[], None]
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+
+def merge_config(cfg: Config) -> MergeConfig:
+    deduct = cfg.sync.deduct if isinstance(cfg.sync.deduct, str) else tuple(cfg.sync.deduct)
+    return MergeConfig(
+        mode=cfg.sync.mode,
+        locations=tuple(loc.name for loc in cfg.active_locations),
+        primary=cfg.primary_location.name,
+        deduct=deduct,
+        source_of_truth=cfg.sync.source_of_truth,
+    )
+
+
+def build_clients(cfg: Config, secrets: Secrets) -> tuple[WooPort, dict[str, CloverPort]]:
+    gate = AppGate(rate=cfg.clover.app_rate, in_flight=cfg.clover.app_in_flight)
+    timeout = parse_duration(cfg.clover.timeout, key="clover.timeout") or 30.0
+    clovers: dict[str, CloverPort] = {}
+    for loc in cfg.active_locations:
+        clovers[loc.name] = CloverClient(
+            base_url=cfg.clover.base_url,
+            merchant_id=loc.merchant_id,
+            token=secrets.clover_tokens[loc.name],
+            location=loc.name,
+            app_gate=gate,
+            rate=cfg.clover.token_rate,
+            in_flight=cfg.clover.token_in_flight,
+            timeout=timeout,
+        )
+    woo = WooClient(
+        base_url=cfg.woocommerce.base_url,
+        consumer_key=secrets.woo_consumer_key,
+        consumer_secret=secrets.woo_consumer_secret,
+        auth=cfg.woocommerce.auth,
+        max_in_flight=cfg.woocommerce.max_in_flight,
+        timeout=parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout") or 30.0,
+    )
+    return woo, clovers
+
+
+async def run_daemon(
+    cfg: Config,
+    secrets: Secrets,
+    *,
+    handle_signals: bool = True,
+    drain_seconds: float = 10.0,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``Running.stop()``), then shut down in phases."""
+    stop_requested = trio.Event()
+    intake_closed = trio.Event()
+    metrics = Metrics()
+    supervisor = Supervisor()
+
+    async with trio.open_nursery() as root:
+        # -- store
+        store = Store(cfg.state.path)
+        await root.start(store.run)
+        table = BindingTable(await store.load_bindings())
+        intents = await store.load_intents()
+        log.info("store_open", path=cfg.state.path, bindings=len(table), intents=len(intents))
+
+        # -- clients and channels
+        woo, clovers = build_clients(cfg, secrets)
+        mcfg = merge_config(cfg)
+        router_send, router_recv = trio.open_memory_channel[RouterInput](cfg.server.queue_size)
+        settled_send, settled_recv = trio.open_memory_channel[EventsSettled](10_000)
+        shard_chans = [trio.open_memory_channel[ShardCommand](10_000) for _ in range(cfg.sync.shards)]
+        lookup_chans = {name: trio.open_memory_channel[LookupOrder](1_000) for name in clovers}
+        health = WebhookHealth()
+
+        def saw_event(source: str) -> None:
+            health.saw(source)
+            metrics.events.labels(source=source).inc()
+
+        router = Router(RouterDeps(
+            store=store,
+            table=table,
+            shards=[s for s, _ in shard_chans],
+            location_of_merchant={loc.merchant_id: loc.name for loc in cfg.active_locations},
+            lookups={name: s for name, (s, _) in lookup_chans.items()},
+            on_event=saw_event,
+        ))
+        shard_deps = ShardDeps(
+            store=store, woo=woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
+            intents=intents, on_merge=metrics.observe_merge, on_conflict=lambda c: metrics.conflicts.inc(),
+        )
+        shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
+        clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
+        locations = {
+            name: LocationActor(name, client, store, table, router_send, clover_poll)
+            for name, client in clovers.items()
+        }
+        woo_poller = WooPoller(woo, store, router_send,
+                               parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every"))
+        catalogue = CatalogueActor(woo, clovers, mcfg.primary, table, [s for s, _ in shard_chans])
+        reconcile_every = parse_duration(cfg.sync.reconcile_every, key="sync.reconcile_every")
+        admin = Admin(
+            store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,
+            shards=shards, shard_inboxes=[s for s, _ in shard_chans], locations=locations,
+            woo_poller=woo_poller, webhooks=health, reconcile_every=reconcile_every,
+            store_stats=store.statistics,
+        )
+        admin.catalogue = catalogue  # type: ignore[attr-defined]
+
+        # -- actors, supervised
+        async with trio.open_nursery() as actors:
+            await actors.start(supervisor.supervise, "router",
+                               lambda task_status: router.run(router_recv, settled_recv, task_status=task_status))
+            for i, shard in enumerate(shards):
+                recv = shard_chans[i][1]
+                await actors.start(supervisor.supervise, f"shard-{i}",
+                                   lambda task_status, s=shard, r=recv: s.run(r, task_status=task_status))
+            for name, actor in locations.items():
+                recv_l = lookup_chans[name][1]
+                await actors.start(supervisor.supervise, f"location-{name}",
+                                   lambda task_status, a=actor, r=recv_l: a.run(r, task_status=task_status))
+            await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
+            await actors.start(supervisor.supervise, "catalogue", catalogue.run)
+            if reconcile_every:
+                await actors.start(supervisor.supervise, "reconciler",
+                                   lambda task_status: _reconcile_loop(admin, reconcile_every, task_status))
+            interval = systemd.watchdog_interval()
+            await actors.start(supervisor.heartbeat, _watchdog_beat, interval=interval or 1.0)
+
+            # -- replay what was accepted but not settled before the last stop
+            pending = await store.pending_events()
+            now = trio.current_time()
+            for event_id, raw, received_at in pending:
+                await router_send.send(RouteEvent(InboxEvent(event_id, decode_event(raw), received_at), now))
+            if pending:
+                log.info("inbox_replayed", events=len(pending))
+
+            # -- the outside: webhook server, control socket
+            intake = Intake(store, router_send, capacity=cfg.server.queue_size)
+            metrics.queue_depth.set_function(intake.depth)
+
+            def on_code(code: str) -> None:
+                import time as _t
+
+                health.verification_code = code
+                health.verification_received_at = _t.time()
+                log.warning("clover_verification_code", code=code,
+                            hint="paste it into the Clover developer dashboard, then Verify")
+
+            def healthy() -> tuple[bool, dict[str, Any]]:
+                ok = supervisor.all_running()
+                return ok, {"actors_running": ok, "bindings": len(table)}
+
+            app = webhooks.create_app(webhooks.WebhookDeps(
+                clover_auth_code=secrets.clover_auth_code,
+                woo_webhook_secret=secrets.woo_webhook_secret,
+                max_body_bytes=cfg.server.max_body_bytes,
+                intake=intake,
+                on_verification_code=on_code,
+                health=healthy,
+                registry=metrics.registry,
+            ))
+            listen_url = await root.start(
+                lambda task_status: webhooks.serve_webhooks(app, cfg.server.listen,
+                                                            shutdown_trigger=intake_closed.wait,
+                                                            task_status=task_status)
+            )
+            admin.listen_url = listen_url
+            control_scope = trio.CancelScope()
+
+            async def serve_ctl(task_status: trio.TaskStatus[None]) -> None:
+                with control_scope:
+                    await control.serve_control(cfg.control.socket, admin.handle, task_status=task_status)
+
+            await root.start(serve_ctl)
+            if handle_signals:
+                root.start_soon(_signals, stop_requested)
+            systemd.notify("READY=1", f"STATUS=listening on {listen_url}")
+            log.info("daemon_ready", listen=listen_url, control=cfg.control.socket, bindings=len(table),
+                     locations=list(clovers))
+            running = Running(listen_url, cfg.control.socket, admin, stop_requested.set)
+            task_status.started(running)
+
+            await stop_requested.wait()
+            # 1. stop intake
+            log.info("shutdown", phase="stop_intake")
+            systemd.notify("STOPPING=1")
+            intake.closed = True
+            intake_closed.set()
+            # 2. drain
+            log.info("shutdown", phase="drain")
+            with trio.move_on_after(drain_seconds):
+                while not admin.idle():
+                    await trio.sleep(0.05)
+            # 3. deadline
+            log.info("shutdown", phase="deadline", idle=admin.idle())
+            actors.cancel_scope.cancel()
+        # 4. release
+        log.info("shutdown", phase="release")
+        control_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await woo.aclose()
+            for c in clovers.values():
+                await c.aclose()
+        root.cancel_scope.cancel()
+    running.stopped.set()
+
+
+async def _reconcile_loop(admin: Admin, every: float, task_status: trio.TaskStatus[None]) -> None:
+    task_status.started()
+    while True:
+        await trio.sleep(every)
+        await admin.reconcile("reconcile:scheduled")
+
+
+def _watchdog_beat() -> None:
+    systemd.notify("WATCHDOG=1")
+
+
+async def _signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+        async for signum in sigs:
+            log.info("signal", signal=signal.Signals(signum).name)
+            stop.set()
+            return
