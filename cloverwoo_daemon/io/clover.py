@@ -1,0 +1,398 @@
+"""The Clover REST client for one location (``ports.CloverPort``).
+
+Rules:
+
+- One ``httpx.AsyncClient`` per location (httpcore degrades with many
+  requests on one client; see stack.md), its transport injectable for tests.
+- Every request passes two gates before it goes: the location's token gate
+  (16 req/s, 5 in flight) and the app gate shared by all locations (50 req/s,
+  10 in flight). The in-flight slot of the token is taken first and the app
+  slot only once the token's own rate allows, so a location waiting on its
+  own limit never sits on app capacity the other locations could use. A
+  request is booked in a bucket at the moment it is sent, never earlier.
+- Bounded retries (``core.backoff``) on 429, 5xx, timeouts and connection
+  errors. A 429 honours ``retry-after`` (1 s when absent, as Clover asks) and
+  closes the gate named by its ``X-RateLimit-*`` header until then, so the
+  other requests of that scope stop too instead of earning a longer penalty.
+  After the last attempt: ``ports.RemoteError``. 404: ``ports.NotFound``;
+  any other 4xx: ``ports.PermanentError``. Stock writes are absolute, so a
+  retried write cannot apply twice.
+- Payloads are decoded into msgspec structs that ignore unknown fields.
+  Quantities are rounded half up to whole units at this edge; an item with no
+  stock record has quantity ``None`` (unknown), never 0.
+- The token goes in the ``Authorization`` header only: never in a log line,
+  an exception message or a ``repr``.
+
+Error handling: only ``ports.RemoteError`` and its subclasses leave the
+public methods; ``trio.Cancelled`` passes through untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import structlog
+import trio
+
+from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
+from cloverwoo_daemon.core.model import CloverItem
+from cloverwoo_daemon.core.ratelimit import TokenBucket
+from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
+
+__all__ = ["AppGate", "CloverClient", "Gate", "round_quantity"]
+
+log = structlog.get_logger("cloverwoo.clover")
+
+PAGE = 1000  # Clover's hard limit per page
+NESTED_LIMIT = 100  # expanded collections are cut at this many elements
+
+# Which gate a 429 names. Values are Clover's header names (§3 of the reference).
+_TOKEN_HEADERS = ("X-RateLimit-tokenLimit", "X-RateLimit-tokenConcurrentLimit")
+_APP_HEADERS = ("X-RateLimit-crossTokenLimit", "X-RateLimit-crossTokenConcurrentLimit")
+
+
+def round_quantity(q: float | None) -> int | None:
+    """Clover's float stock to whole units, half up like Clover's own ``stockCount`` (160.5 -> 161)."""
+    if q is None or not math.isfinite(q):
+        return None
+    return math.floor(q + 0.5)
+
+
+# --------------------------------------------------------------------------
+# Gates
+
+
+class Gate:
+    """One Clover limit scope: a request rate (token bucket) and a cap on requests in flight.
+
+    Uses ``trio.current_time()``, so tests with an autojumping clock see
+    paced requests without waiting for them.
+    """
+
+    def __init__(self, *, rate: float, in_flight: int, burst: float | None = None, name: str = "gate") -> None:
+        # A small burst: Clover does not document one, and a server that counts
+        # in a sliding one-second window would refuse rate + a large burst.
+        self.bucket = TokenBucket(rate, burst if burst is not None else max(1.0, min(4.0, rate)))
+        self.slots = trio.Semaphore(in_flight)
+        self.in_flight_limit = in_flight
+        self.name = name
+        self.max_in_flight = 0
+        self.blocked_until = -math.inf
+
+    @property
+    def in_flight(self) -> int:
+        return self.in_flight_limit - self.slots.value
+
+    def block_for(self, seconds: float) -> None:
+        """Nothing goes through this gate for ``seconds`` (a 429's ``retry-after``)."""
+        until = trio.current_time() + seconds
+        self.blocked_until = max(self.blocked_until, until)
+        self.bucket.block_until(until)
+
+    async def wait_rate(self) -> None:
+        """Sleep until the bucket would let one request go (books nothing)."""
+        while (wait := self.bucket.wait_time(trio.current_time())) > 0:
+            await trio.sleep(wait)
+
+    def _note_in_flight(self) -> None:
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+
+class AppGate(Gate):
+    """The per-app limits, shared by every location of one daemon (one per daemon)."""
+
+    def __init__(self, *, rate: float = 50.0, in_flight: int = 10, burst: float | None = None) -> None:
+        super().__init__(rate=rate, in_flight=in_flight, burst=burst, name="app")
+
+
+@asynccontextmanager
+async def _admitted(token: Gate, app: Gate) -> AsyncIterator[None]:
+    async with token.slots:
+        token._note_in_flight()
+        await token.wait_rate()
+        async with app.slots:
+            app._note_in_flight()
+            while True:
+                now = trio.current_time()
+                wait = max(token.bucket.wait_time(now), app.bucket.wait_time(now))
+                if wait <= 0:
+                    token.bucket.take(now)
+                    app.bucket.take(now)
+                    break
+                await trio.sleep(wait)
+            yield
+
+
+# --------------------------------------------------------------------------
+# Payloads (unknown fields are ignored by msgspec)
+
+
+class _Ref(msgspec.Struct):
+    id: str
+
+
+class _ItemStock(msgspec.Struct):
+    quantity: float | None = None
+    modifiedTime: int | None = None
+
+
+class _Item(msgspec.Struct):
+    id: str
+    name: str = ""
+    sku: str | None = None
+    # The docs once show ``"itemStock": 0``; a bare number is not trusted as a count.
+    itemStock: _ItemStock | float | None = None
+    itemGroup: _Ref | None = None
+    modifiedTime: int | None = None
+    deleted: bool = False
+
+
+class _Items(msgspec.Struct):
+    elements: list[_Item] = msgspec.field(default_factory=list)
+
+
+class _StockWrite(msgspec.Struct):
+    quantity: float | None = None
+    stockCount: float | None = None
+
+
+class _LineItem(msgspec.Struct):
+    item: _Ref | None = None  # absent for a custom (manual) line
+
+
+class _LineItems(msgspec.Struct):
+    elements: list[_LineItem] = msgspec.field(default_factory=list)
+
+
+class _Order(msgspec.Struct):
+    id: str
+    modifiedTime: int | None = None
+    lineItems: _LineItems | None = None
+
+
+class _Orders(msgspec.Struct):
+    elements: list[_Order] = msgspec.field(default_factory=list)
+
+
+def _to_item(raw: _Item) -> CloverItem:
+    quantity = raw.itemStock.quantity if isinstance(raw.itemStock, _ItemStock) else None
+    sku = raw.sku.strip() if raw.sku else None
+    return CloverItem(
+        item_id=raw.id,
+        name=raw.name,
+        sku=sku or None,
+        quantity=round_quantity(quantity),
+        item_group_id=raw.itemGroup.id if raw.itemGroup else None,
+        modified_time=raw.modifiedTime or 0,
+        deleted=raw.deleted,
+    )
+
+
+# --------------------------------------------------------------------------
+# The client
+
+
+class CloverClient:
+    """``ports.CloverPort`` for one location (one merchant, one token).
+
+    Resource handling: owns its ``httpx.AsyncClient``; call ``aclose()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        location: str,
+        merchant_id: str,
+        token: str,
+        base_url: str,
+        app_gate: AppGate,
+        rate: float = 16.0,  # this token's requests per second
+        in_flight: int = 5,  # this token's concurrent requests
+        burst: float | None = None,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.location = location
+        self.merchant_id = merchant_id
+        self.app_gate = app_gate
+        self.token_gate = Gate(rate=rate, in_flight=in_flight, burst=burst, name="token")
+        self.backoff = backoff or Backoff(base=1.0, cap=30.0, max_attempts=6)
+        self._rng = rng or random.Random()
+        self._log = log.bind(location=location, merchant_id=merchant_id)
+        self._prefix = f"/v3/merchants/{merchant_id}"
+        limits = httpx.Limits(max_connections=in_flight + 1, max_keepalive_connections=in_flight + 1)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout),
+            limits=limits,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"CloverClient(location={self.location!r}, merchant_id={self.merchant_id!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------ transport
+
+    async def _request(
+        self, method: str, path: str, *, what: str, params: Any = None, json: Any = None
+    ) -> bytes:
+        """One call with gates and bounded retries; returns the body of a 2xx answer.
+
+        ``what`` names the endpoint in logs and errors (``"GET items"``), so no
+        message carries a full URL or a header.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                async with _admitted(self.token_gate, self.app_gate):
+                    resp = await self._http.request(method, self._prefix + path, params=params, json=json)
+            except httpx.TimeoutException as exc:
+                reason = f"timeout ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                reason = f"connection error ({type(exc).__name__})"
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    return resp.content
+                if status == 429:
+                    retry_after = self._on_429(resp, what, attempt)
+                    reason = "429 Too Many Requests"
+                elif status >= 500:
+                    reason = f"HTTP {status}"
+                elif status == 404:
+                    raise NotFound(f"clover {self.location}: {what}: 404 {_message(resp)}")
+                else:
+                    raise PermanentError(f"clover {self.location}: {what}: HTTP {status} {_message(resp)}")
+            delay = self.backoff.next_delay(attempt, retry_after=retry_after, rng=self._rng)
+            if delay is None:
+                self._log.warning("clover_request_failed", what=what, attempts=attempt, reason=reason)
+                raise RemoteError(f"clover {self.location}: {what}: {reason} after {attempt} attempts")
+            self._log.info("clover_retry", what=what, attempt=attempt, reason=reason, delay=round(delay, 3))
+            await trio.sleep(delay)
+
+    def _on_429(self, resp: httpx.Response, what: str, attempt: int) -> float:
+        header, limit = next(
+            ((h, resp.headers[h]) for h in (*_TOKEN_HEADERS, *_APP_HEADERS) if h in resp.headers), ("", "")
+        )
+        given = parse_retry_after(resp.headers.get("retry-after"))
+        wait = given if given is not None else 1.0
+        gate = self.app_gate if header in _APP_HEADERS else self.token_gate
+        gate.block_for(wait)
+        self._log.warning(
+            "clover_rate_limited", what=what, attempt=attempt, limit_header=header or None, limit=limit or None,
+            retry_after=given, gate=gate.name,
+        )
+        return wait
+
+    async def _get(self, path: str, *, what: str, params: Any = None) -> bytes:
+        return await self._request("GET", path, what=what, params=params)
+
+    def _decode(self, raw: bytes, type_: Any, what: str) -> Any:
+        try:
+            return msgspec.json.decode(raw, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RemoteError(f"clover {self.location}: {what}: unexpected payload ({exc})") from None
+
+    # ------------------------------------------------------------ CloverPort
+
+    async def get_stock(self, item_id: str) -> int | None:
+        """Fresh stock of one item; None when it has no stock record (Clover answers 404 then).
+
+        A 404 here is ambiguous: the item may be gone, or merely untracked.
+        So on 404 the item itself is fetched: if it exists the answer is None,
+        and if it does not, ``NotFound`` is raised.
+        """
+        what = "GET item_stocks/{id}"
+        try:
+            raw = await self._get(f"/item_stocks/{item_id}", what=what)
+        except NotFound:
+            await self._get(f"/items/{item_id}", what="GET items/{id}")  # raises NotFound if the item is gone
+            return None
+        return round_quantity(self._decode(raw, _StockWrite, what).quantity)
+
+    async def set_stock(self, item_id: str, quantity: int) -> int:
+        what = "POST item_stocks/{id}"
+        raw = await self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity})
+        body = self._decode(raw, _StockWrite, what)
+        q = body.quantity if body.quantity is not None else body.stockCount
+        result = round_quantity(q)
+        return result if result is not None else quantity
+
+    async def list_items(self, *, modified_since_ms: int | None = None) -> list[CloverItem]:
+        params: list[tuple[str, str | int]] = [("expand", "itemStock")]
+        if modified_since_ms is not None:
+            params.append(("filter", f"modifiedTime>={modified_since_ms}"))
+        return [_to_item(i) for page in await self._pages("/items", "GET items", params, _Items) for i in page.elements]
+
+    async def changed_item_ids_from_orders(self, *, since_ms: int) -> tuple[set[str], int]:
+        params: list[tuple[str, str | int]] = [("filter", f"modifiedTime>={since_ms}"), ("expand", "lineItems")]
+        ids: set[str] = set()
+        newest = since_ms
+        for page in await self._pages("/orders", "GET orders", params, _Orders):
+            for order in page.elements:
+                newest = max(newest, order.modifiedTime or 0)
+                ids |= await self._ids_of(order)
+        return ids, newest
+
+    async def order_item_ids(self, order_id: str) -> set[str]:
+        what = "GET orders/{id}"
+        raw = await self._get(f"/orders/{order_id}", what=what, params={"expand": "lineItems"})
+        return await self._ids_of(self._decode(raw, _Order, what))
+
+    async def _ids_of(self, order: _Order) -> set[str]:
+        lines = order.lineItems.elements if order.lineItems else []
+        if len(lines) >= NESTED_LIMIT:
+            # Expanded collections stop at 100: page the rest from the order's own list.
+            pages = await self._pages(f"/orders/{order.id}/line_items", "GET orders/{id}/line_items", [], _LineItems)
+            lines = [li for page in pages for li in page.elements]
+        return {li.item.id for li in lines if li.item is not None}
+
+    async def _pages(
+        self, path: str, what: str, params: list[tuple[str, str | int]], type_: Any
+    ) -> list[Any]:
+        """Every page, ``PAGE`` elements at a time, until a short page (Clover gives no total)."""
+        pages: list[Any] = []
+        while True:
+            offset = PAGE * len(pages)
+            raw = await self._get(path, what=what, params=[*params, ("limit", PAGE), ("offset", offset)])
+            pages.append(self._decode(raw, type_, what))
+            if len(pages[-1].elements) < PAGE:
+                return pages
+
+    # ------------------------------------------------------------ preflight
+
+    async def properties(self) -> dict[str, Any]:
+        """The merchant's properties (``trackStock``, ``updateStock``, ...)."""
+        props: dict[str, Any] = self._decode(
+            await self._get("/properties", what="GET properties"), dict[str, Any], "GET properties"
+        )
+        return props
+
+    async def merchant(self) -> dict[str, Any]:
+        """The merchant record (``id``, ``name``): proves the token and merchant id belong together."""
+        record: dict[str, Any] = self._decode(await self._get("", what="GET merchant"), dict[str, Any], "GET merchant")
+        return record
+
+
+def _message(resp: httpx.Response) -> str:
+    """Clover's ``{"message": ...}``, shortened; never the request (it carries the token)."""
+    try:
+        body = msgspec.json.decode(resp.content)
+    except msgspec.DecodeError:
+        return ""
+    msg = body.get("message") if isinstance(body, dict) else None
+    return str(msg)[:200] if msg else ""
