@@ -1,0 +1,437 @@
+"""The WooCommerce REST client (``wc/v3``): the daemon's one way into the store.
+
+Rules this module keeps:
+
+- It implements ``ports.WooPort``; actors see only that. Every failure leaves
+  as ``ports.RemoteError`` (try later), ``ports.PermanentError`` (4xx other
+  than 429) or ``ports.NotFound`` (an invalid-id answer: WooCommerce says 400
+  ``woocommerce_rest_product_invalid_id`` for a missing product, 404 for the
+  rest). Nothing else escapes.
+- Retries are bounded (``core.backoff.Backoff``). Reads retry on 429, 5xx,
+  timeouts and connection errors. A stock write is not idempotent (it carries
+  a delta), so it is retried only when it certainly did not run: a connection
+  that never opened, 429, or 503 (maintenance, the store away). After a
+  timeout or another 5xx the delta may have landed; that is
+  ``WriteOutcomeUnknown``, and the caller re-reads (the version marker tells).
+- At most ``max_in_flight`` requests are in flight (one ``httpx.AsyncClient``
+  degrades past about 10 concurrent requests, stack.md).
+- Auth: Basic over HTTPS, OAuth 1.0a one-legged over HTTP (WooCommerce
+  refuses Basic when ``is_ssl()`` is false); ``auth="auto"`` picks by scheme.
+- The consumer key and secret never appear in a log line or an exception
+  message: errors name the method and path, never the query string.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+import msgspec
+import structlog
+import trio
+
+from cloverwoo_daemon.core import oauth1
+from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
+from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
+from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
+
+__all__ = ["VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
+
+log = structlog.get_logger(__name__)
+
+VERSION_META_KEY = "_cloverwoo_version"
+BATCH_LIMIT = 100
+PER_PAGE = 100
+
+Auth = Literal["auto", "basic", "oauth1"]
+
+
+class WriteOutcomeUnknown(RemoteError):
+    """A write may or may not have been applied (timeout, 5xx after sending); re-read before retrying."""
+
+
+class WooWebhook(msgspec.Struct, frozen=True):
+    """A webhook as the REST API shows it (the secret is never returned)."""
+
+    id: int
+    topic: str
+    delivery_url: str
+    status: str  # active | paused | disabled
+    name: str = ""
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth another attempt."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.sent = sent  # False: the request certainly never reached the application
+
+
+def _error_text(resp: httpx.Response) -> tuple[str, str]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return "", resp.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("code", "")), str(body.get("message", ""))
+    return "", resp.reason_phrase
+
+
+def _is_invalid_id(status: int, code: str) -> bool:
+    return status == 404 or code.endswith("_invalid_id") or code == "woocommerce_rest_invalid_product_id"
+
+
+def _quantity(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(round(float(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _marker(meta: Iterable[Any]) -> int | None:
+    for m in meta or ():
+        if isinstance(m, dict) and m.get("key") == VERSION_META_KEY:
+            try:
+                return int(str(m.get("value")))
+            except ValueError:
+                return None
+    return None
+
+
+def _shift_cursor(cursor: str, seconds: int) -> str:
+    """The GMT cursor as ``YYYY-MM-DDTHH:MM:SS``, moved by whole seconds (the strict filter's overlap)."""
+    dt = datetime.fromisoformat(cursor.strip().replace("Z", "+00:00"))
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return (dt + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class WooClient:
+    """``WooPort`` over HTTP.
+
+    Resource handling: owns one ``httpx.AsyncClient``; close it with
+    ``aclose()`` (or ``async with``).
+
+    Error handling: see the module docstring; ``apply_deltas`` reports
+    per-item refusals as ``ok=False`` results.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        consumer_key: str,
+        consumer_secret: str,
+        *,
+        auth: Auth = "auto",
+        max_in_flight: int = 4,
+        timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        oauth_method: oauth1.SignatureMethod = "HMAC-SHA256",
+    ) -> None:
+        root = base_url.rstrip("/")
+        self.api_url = root if root.endswith("/wc/v3") else root + "/wp-json/wc/v3"
+        if auth == "auto":
+            auth = "basic" if self.api_url.startswith("https://") else "oauth1"
+        self.auth: Auth = auth
+        self._key = consumer_key
+        self._secret = consumer_secret
+        self._oauth_method: oauth1.SignatureMethod = oauth_method
+        self._backoff = backoff or Backoff(base=0.5, cap=10.0, max_attempts=4)
+        self._rng = rng or random.Random()
+        self._limiter = trio.CapacityLimiter(max_in_flight)
+        self._http = httpx.AsyncClient(
+            timeout=timeout,
+            transport=transport,
+            auth=httpx.BasicAuth(consumer_key, consumer_secret) if auth == "basic" else None,
+            headers={"User-Agent": "cloverwoo-daemon", "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> WooClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------
+    # The request loop
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """One logical call with bounded retries; returns a 2xx/3xx response or raises a ports error."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(method, path, params or {}, json, idempotent)
+            except _Retryable as exc:
+                if exc.sent and not idempotent:
+                    log.warning("woo_write_outcome_unknown", method=method, path=path, reason=exc.reason)
+                    raise WriteOutcomeUnknown(
+                        f"{method} {path}: {exc.reason} (the write may have been applied)"
+                    ) from None
+                delay = self._backoff.next_delay(attempt, retry_after=exc.retry_after, rng=self._rng)
+                if delay is None:
+                    log.warning("woo_gave_up", method=method, path=path, reason=exc.reason, attempts=attempt)
+                    raise RemoteError(f"{method} {path}: {exc.reason} after {attempt} attempts") from None
+                log.info("woo_retry", method=method, path=path, reason=exc.reason, attempt=attempt,
+                         delay=round(delay, 3))
+                await trio.sleep(delay)
+
+    async def _attempt(
+        self, method: str, path: str, params: dict[str, str], body: Any, idempotent: bool
+    ) -> httpx.Response:
+        url = self.api_url + path
+        query = dict(params)
+        if self.auth == "oauth1":
+            query.update(
+                oauth1.oauth_params(
+                    method, url, query, consumer_key=self._key, consumer_secret=self._secret,
+                    timestamp=int(time.time()), nonce=secrets.token_hex(16), signature_method=self._oauth_method,
+                )
+            )
+        async with self._limiter:
+            try:
+                resp = await self._http.request(method, url, params=query or None, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise _Retryable(type(exc).__name__, sent=False) from None
+            except httpx.TimeoutException as exc:
+                raise _Retryable(type(exc).__name__) from None
+            except httpx.TransportError as exc:
+                raise _Retryable(type(exc).__name__) from None
+        status = resp.status_code
+        if status < 400:
+            return resp
+        code, message = _error_text(resp)
+        if status == 429:
+            raise _Retryable("429", retry_after=parse_retry_after(resp.headers.get("retry-after")), sent=False)
+        if status >= 500:
+            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                             sent=status != 503)
+        text = f"{method} {path}: {status} {code}: {message}".rstrip(": ")
+        if _is_invalid_id(status, code):
+            raise NotFound(text)
+        raise PermanentError(text)
+
+    async def _json(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> Any:
+        """``_request`` and decode; a 2xx that is not JSON (a caching plugin's HTML page) is a RemoteError."""
+        resp = await self._request(method, path, idempotent=idempotent, **kwargs)
+        try:
+            return resp.json()
+        except ValueError:
+            error = RemoteError if idempotent else WriteOutcomeUnknown
+            raise error(f"{method} {path}: {resp.status_code} answer is not JSON") from None
+
+    async def _get_all(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every page of a list (``per_page=100``), following ``X-WP-TotalPages``."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            resp = await self._request("GET", path, params={**(params or {}), "per_page": str(PER_PAGE),
+                                                             "page": str(page)})
+            try:
+                chunk = resp.json()
+            except ValueError:
+                chunk = None
+            if not isinstance(chunk, list):
+                raise RemoteError(f"GET {path}: page {page} is not a JSON list")
+            out.extend(chunk)
+            try:
+                pages = int(resp.headers.get("x-wp-totalpages", "1"))
+            except ValueError:
+                pages = 1
+            if page >= pages or not chunk:
+                return out
+            page += 1
+
+    # ------------------------------------------------------------------
+    # WooPort
+
+    async def get_stock(self, ref: WooRef) -> WooStock:
+        if ref.variation_id:
+            data = await self._json("GET", f"/products/{ref.product_id}/variations/{ref.variation_id}")
+        else:
+            data = await self._json("GET", f"/products/{ref.product_id}")
+        manage = data.get("manage_stock") is True
+        return WooStock(
+            ref=ref,
+            manage_stock=manage,
+            quantity=_quantity(data.get("stock_quantity")) if manage else None,
+            version_marker=_marker(data.get("meta_data", [])),
+            sku=data.get("sku") or None,
+        )
+
+    async def apply_deltas(self, changes: list[tuple[WooRef, int, int]]) -> list[WooWriteResult]:
+        """Batches per endpoint, ≤ 100 items each, results in the order of ``changes``.
+
+        Error handling: an item WooCommerce refuses is ``ok=False`` with its
+        error; a whole batch refused for good (4xx) makes all its items
+        ``ok=False``. A retryable failure of the first batch raises (nothing
+        was written); once a batch has been applied, later failures become
+        ``ok=False`` items instead, so the applied results are not lost.
+        """
+        groups: dict[str, list[int]] = {}
+        for i, (ref, _, _) in enumerate(changes):
+            path = f"/products/{ref.product_id}/variations/batch" if ref.variation_id else "/products/batch"
+            groups.setdefault(path, []).append(i)
+        results: list[WooWriteResult | None] = [None] * len(changes)
+        applied_any = False
+        failure: RemoteError | None = None
+        for path, idxs in groups.items():
+            for start in range(0, len(idxs), BATCH_LIMIT):
+                chunk = idxs[start : start + BATCH_LIMIT]
+                if failure is not None:
+                    for i in chunk:
+                        results[i] = WooWriteResult(changes[i][0], ok=False, error=f"not attempted: {failure}")
+                    continue
+                updates = [
+                    {"id": ref.variation_id or ref.product_id, "inventory_delta": delta,
+                     "meta_data": [{"key": VERSION_META_KEY, "value": str(version)}]}
+                    for ref, delta, version in (changes[i] for i in chunk)
+                ]
+                try:
+                    answer = await self._json("POST", path, json={"update": updates}, idempotent=False)
+                except PermanentError as exc:
+                    for i in chunk:
+                        results[i] = WooWriteResult(changes[i][0], ok=False, error=str(exc))
+                    continue
+                except RemoteError as exc:
+                    if not applied_any:
+                        raise
+                    failure = exc
+                    for i in chunk:
+                        results[i] = WooWriteResult(changes[i][0], ok=False, error=str(exc))
+                    continue
+                applied_any = True
+                answered = answer.get("update", []) if isinstance(answer, dict) else []
+                for n, i in enumerate(chunk):
+                    ref = changes[i][0]
+                    item = answered[n] if n < len(answered) else None
+                    results[i] = self._write_result(ref, item)
+        log.info("woo_deltas_applied", items=len(changes), failed=sum(1 for r in results if r and not r.ok))
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _write_result(ref: WooRef, item: Any) -> WooWriteResult:
+        if not isinstance(item, dict):
+            return WooWriteResult(ref, ok=False, error="no answer for this item")
+        if "error" in item:
+            err = item["error"] if isinstance(item["error"], dict) else {}
+            return WooWriteResult(ref, ok=False, error=f"{err.get('code', '')}: {err.get('message', '')}")
+        if item.get("id") != (ref.variation_id or ref.product_id):
+            return WooWriteResult(ref, ok=False, error=f"answer for id {item.get('id')} instead")
+        return WooWriteResult(ref, ok=True, quantity=_quantity(item.get("stock_quantity")))
+
+    async def list_items(self) -> list[WooItem]:
+        products = await self._get_all("/products", {"orderby": "id", "order": "asc"})
+        items: list[WooItem] = []
+        names: dict[int, str] = {}
+        variable: list[int] = []
+        for p in products:
+            pid = int(p["id"])
+            names[pid] = str(p.get("name", ""))
+            ptype = str(p.get("type", "simple"))
+            if ptype == "variable":
+                variable.append(pid)
+            manage = p.get("manage_stock") is True
+            items.append(WooItem(ref=WooRef(pid), name=names[pid], sku=p.get("sku") or None, manage_stock=manage,
+                                 quantity=_quantity(p.get("stock_quantity")) if manage else None,
+                                 status=str(p.get("status", "publish")), type=ptype))
+        for v in await self._variations(variable, {"orderby": "id", "order": "asc"}):
+            parent = int(v.get("parent_id") or 0)
+            options = [str(a.get("option", "")) for a in v.get("attributes", []) if isinstance(a, dict)]
+            base = names.get(parent) or str(v.get("name", ""))
+            name = f"{base} - {', '.join(options)}" if options else base
+            manage = v.get("manage_stock") is True
+            items.append(WooItem(ref=WooRef(parent, int(v["id"])), name=name, sku=v.get("sku") or None,
+                                 manage_stock=manage, quantity=_quantity(v.get("stock_quantity")) if manage else None,
+                                 status=str(v.get("status", "publish")), type="variation"))
+        return items
+
+    async def _variations(self, parents: list[int], params: dict[str, str]) -> list[dict[str, Any]]:
+        """Store-wide ``/variations`` (WooCommerce ≥ 10.3), else one list per variable parent."""
+        try:
+            return await self._get_all("/variations", params)
+        except NotFound:
+            log.info("woo_no_store_wide_variations", parents=len(parents))
+        out: list[dict[str, Any]] = []
+        for pid in parents:
+            try:
+                for v in await self._get_all(f"/products/{pid}/variations", params):
+                    v.setdefault("parent_id", pid)
+                    out.append(v)
+            except NotFound:
+                continue  # the parent went away between the two reads
+        return out
+
+    async def changed_refs(self, *, modified_after: str) -> tuple[set[WooRef], str]:
+        """Refs modified after the cursor; the query overlaps by 1 s because the filter is strict per second."""
+        params = {"modified_after": _shift_cursor(modified_after, -1), "dates_are_gmt": "true",
+                  "orderby": "modified", "order": "asc"}
+        refs: set[WooRef] = set()
+        newest = _shift_cursor(modified_after, 0)
+        products = await self._get_all("/products", params)
+        variable: list[int] = []
+        for p in products:
+            refs.add(WooRef(int(p["id"])))
+            if p.get("type") == "variable":
+                variable.append(int(p["id"]))
+            newest = max(newest, str(p.get("date_modified_gmt") or ""))
+        for v in await self._variations(variable, params):
+            refs.add(WooRef(int(v.get("parent_id") or 0), int(v["id"])))
+            newest = max(newest, str(v.get("date_modified_gmt") or ""))
+        return refs, newest
+
+    async def order_refs(self, order_id: int) -> set[WooRef]:
+        data = await self._json("GET", f"/orders/{order_id}")
+        return {
+            WooRef(int(li.get("product_id") or 0), int(li.get("variation_id") or 0))
+            for li in data.get("line_items", [])
+            if li.get("product_id")
+        }
+
+    # ------------------------------------------------------------------
+    # Webhooks and settings (for `webhooks register`, health checks)
+
+    @staticmethod
+    def _webhook(data: dict[str, Any]) -> WooWebhook:
+        return WooWebhook(id=int(data["id"]), topic=str(data.get("topic", "")),
+                          delivery_url=str(data.get("delivery_url", "")), status=str(data.get("status", "")),
+                          name=str(data.get("name", "")))
+
+    async def list_webhooks(self, status: str = "all") -> list[WooWebhook]:
+        return [self._webhook(w) for w in await self._get_all("/webhooks", {"status": status})]
+
+    async def create_webhook(self, topic: str, delivery_url: str, secret: str, *, name: str = "") -> WooWebhook:
+        body = {"topic": topic, "delivery_url": delivery_url, "secret": secret,
+                "name": name or f"cloverwoo {topic}"}
+        return self._webhook(await self._json("POST", "/webhooks", json=body, idempotent=False))
+
+    async def set_webhook_status(self, webhook_id: int, status: str) -> WooWebhook:
+        return self._webhook(await self._json("PUT", f"/webhooks/{webhook_id}", json={"status": status}))
+
+    async def get_setting(self, group: str, setting_id: str) -> str:
+        data = await self._json("GET", f"/settings/{group}/{setting_id}")
+        return str(data.get("value", ""))
