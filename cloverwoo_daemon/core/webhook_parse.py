@@ -1,0 +1,271 @@
+"""Turning a webhook body into inbound events, or refusing it.
+
+Rules this module keeps:
+
+- Pure: ``bytes`` in, frozen values out; no I/O. Authentication is not done
+  here (see ``core.signatures``); this module only says what a body *means*.
+- Bounded: a body nested deeper than ``MAX_DEPTH`` is refused before any
+  decoding, by a structural scan that is linear in the body size (it never
+  builds objects), so a hostile body costs at most a few passes over bytes
+  the server already limited in size.
+- Strict on known fields, tolerant of the rest: a field we use that has the
+  wrong type or shape refuses the whole body (``MalformedPayload``); fields we
+  do not know are skipped (WooCommerce sends 71 keys per product, plugins add
+  more). Nothing but ``MalformedPayload`` ever escapes ``parse_clover`` or
+  ``parse_woo``, whatever the input.
+- Every event comes with its dedup key, a JSON array text, so the store can
+  acknowledge a redelivery and apply it once:
+    Clover: ``["clover", mId, objectId, type, ts]``;
+    Woo: ``["woo", topic, id, date_modified_gmt, stock_quantity]``.
+  Woo's ``X-WC-Webhook-Delivery-ID`` is *not* used: it is a hash of the
+  webhook id and the current second, 100 deliveries carried 2 distinct values
+  (woocommerce-api.md section 9).
+- The two unauthenticated bodies the endpoints accept are recognised here
+  and nowhere else, with narrow shapes: Clover's handshake is exactly
+  ``{"verificationCode": "<printable, <= 128 chars>"}``; Woo's ping is exactly
+  ``webhook_id=<digits>`` (form-encoded).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final, TypeVar
+
+import msgspec
+
+from cloverwoo_daemon.core.model import WooRef
+from cloverwoo_daemon.messages import CloverChange, WooChange
+
+__all__ = [
+    "MAX_DEPTH",
+    "CloverDelivery",
+    "CloverParsed",
+    "CloverVerification",
+    "MalformedPayload",
+    "WooDelivery",
+    "WooIgnored",
+    "WooParsed",
+    "WooPing",
+    "check_depth",
+    "parse_clover",
+    "parse_woo",
+]
+
+MAX_DEPTH: Final = 32
+"""Deepest JSON nesting accepted. A Woo product is about 5 deep (``_links``, ``meta_data``); plugins' meta add some."""
+
+
+class MalformedPayload(Exception):
+    """The body is not a delivery we understand; ``reason`` says why (safe to log: no secrets, no body)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------
+# Bounded structure check
+
+# A JSON string: quote, then any run of non-quote/non-backslash or escape pairs,
+# then a quote. Possessive quantifiers: no backtracking, so both the full
+# match and the substitution are linear in the input length.
+_STRING = rb'"(?:[^"\\]++|\\.)*+"'
+_WELL_QUOTED = re.compile(rb'(?:' + _STRING + rb'|[^"]++)*+', re.DOTALL)
+_STRINGS = re.compile(_STRING, re.DOTALL)
+_T = TypeVar("_T")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
+
+
+def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse a body whose brackets nest deeper than ``limit`` (or do not pair up).
+
+    Strings are removed first so brackets inside them do not count; then each
+    pass removes the innermost ``[]`` pairs (C-speed ``bytes.replace``), and
+    anything left after ``limit`` passes is either too deep or unbalanced.
+    """
+    if _WELL_QUOTED.fullmatch(body) is None:
+        raise MalformedPayload("unterminated string")
+    skeleton = _STRINGS.sub(b"", body).translate(_BRACKETS_ONLY, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not skeleton:
+            return
+        shorter = skeleton.replace(b"[]", b"")
+        if len(shorter) == len(skeleton):
+            raise MalformedPayload("unbalanced brackets")
+        skeleton = shorter
+    if skeleton:
+        raise MalformedPayload(f"nested deeper than {limit}")
+
+
+def _decode(body: bytes, decoder: msgspec.json.Decoder[_T]) -> _T:
+    """Decode a body already through ``check_depth``."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise MalformedPayload(f"invalid field: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedPayload(f"not JSON: {exc}") from None
+
+
+def _key(*parts: object) -> str:
+    return msgspec.json.encode(parts).decode()
+
+
+# --------------------------------------------------------------------------
+# Clover
+
+
+class CloverVerification(msgspec.Struct, frozen=True):
+    """The URL-verification POST: the admin pastes ``code`` into the Clover dashboard."""
+
+    code: str
+
+
+class CloverDelivery(msgspec.Struct, frozen=True):
+    """A notification: each change with its dedup key, in body order."""
+
+    app_id: str
+    items: tuple[tuple[str, CloverChange], ...]
+
+
+CloverParsed = CloverVerification | CloverDelivery
+
+_Code = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class _Handshake(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    verificationCode: _Code  # noqa: N815 (wire name)
+
+
+class _CloverUpdate(msgspec.Struct, frozen=True):
+    objectId: _Name  # noqa: N815
+    type: _Name
+    ts: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+class _CloverBody(msgspec.Struct, frozen=True):
+    appId: str  # noqa: N815
+    merchants: dict[_Name, list[_CloverUpdate]]
+
+
+_handshake_decoder = msgspec.json.Decoder(_Handshake)
+_clover_decoder = msgspec.json.Decoder(_CloverBody)
+
+
+def parse_clover(body: bytes) -> CloverParsed:
+    """The handshake or the changes of one Clover delivery.
+
+    Error handling: raises ``MalformedPayload`` and nothing else.
+    """
+    check_depth(body)
+    try:
+        return CloverVerification(_handshake_decoder.decode(body).verificationCode)
+    except msgspec.DecodeError:
+        pass
+    parsed = _decode(body, _clover_decoder)
+    items: list[tuple[str, CloverChange]] = []
+    for merchant_id, updates in parsed.merchants.items():
+        for u in updates:
+            kind, sep, object_id = u.objectId.partition(":")
+            if not sep or not kind or not object_id:
+                raise MalformedPayload("objectId is not '<type key>:<id>'")
+            change = CloverChange(merchant_id=merchant_id, kind=kind, object_id=object_id, type=u.type, ts=u.ts)
+            items.append((_key("clover", merchant_id, u.objectId, u.type, u.ts), change))
+    return CloverDelivery(app_id=parsed.appId, items=tuple(items))
+
+
+# --------------------------------------------------------------------------
+# WooCommerce
+
+
+class WooPing(msgspec.Struct, frozen=True):
+    """The unsigned test delivery sent when a webhook is created or its URL changes; must get a 200."""
+
+    webhook_id: int
+
+
+class WooDelivery(msgspec.Struct, frozen=True):
+    """A product or order delivery reduced to the change, with its dedup key."""
+
+    key: str
+    change: WooChange
+
+
+class WooIgnored(msgspec.Struct, frozen=True):
+    """A well-formed delivery for a topic the sync does not use (coupon.*, customer.*, action.*)."""
+
+    topic: str
+
+
+WooParsed = WooPing | WooDelivery | WooIgnored
+
+_PING = re.compile(rb"webhook_id=([0-9]{1,18})")
+_TOPIC = re.compile(r"([a-z_]{1,32})\.([a-z_.]{1,64})")
+_Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+_RefId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_Stamp = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class _WooProduct(msgspec.Struct, frozen=True):
+    id: _Id
+    type: str = ""
+    parent_id: _RefId = 0
+    date_modified_gmt: _Stamp | None = None
+    stock_quantity: int | None = None
+
+
+class _WooLine(msgspec.Struct, frozen=True):
+    product_id: _RefId = 0
+    variation_id: _RefId = 0
+
+
+class _WooOrder(msgspec.Struct, frozen=True):
+    id: _Id
+    date_modified_gmt: _Stamp | None = None
+    line_items: list[_WooLine] = msgspec.field(default_factory=list)
+
+
+_product_decoder = msgspec.json.Decoder(_WooProduct)
+_order_decoder = msgspec.json.Decoder(_WooOrder)
+
+
+def parse_woo(body: bytes, topic: str | None) -> WooParsed:
+    """The ping, or the change one WooCommerce delivery announces (``topic`` = ``X-WC-Webhook-Topic``).
+
+    A product delivery names the product, or the variation and its parent;
+    an order delivery names the order and the stock units on its lines. The
+    payload's stock figures are never trusted for the merge (it reads fresh),
+    only used in the dedup key.
+
+    Error handling: raises ``MalformedPayload`` and nothing else.
+    """
+    ping = _PING.fullmatch(body.strip())
+    if ping is not None:
+        return WooPing(int(ping.group(1)))
+    if not topic:
+        raise MalformedPayload("missing X-WC-Webhook-Topic")
+    m = _TOPIC.fullmatch(topic.strip())
+    if m is None:
+        raise MalformedPayload("bad X-WC-Webhook-Topic")
+    topic = m.group(0)
+    resource = m.group(1)
+    check_depth(body)
+    if resource == "product":
+        p = _decode(body, _product_decoder)
+        stamp = p.date_modified_gmt or ""
+        change = WooChange(
+            topic=topic,
+            resource_id=p.id,
+            parent_id=p.parent_id if p.type == "variation" else 0,
+            date_modified_gmt=stamp,
+        )
+        return WooDelivery(_key("woo", topic, p.id, stamp, p.stock_quantity), change)
+    if resource == "order":
+        o = _decode(body, _order_decoder)
+        stamp = o.date_modified_gmt or ""
+        refs = sorted({WooRef(line.product_id, line.variation_id) for line in o.line_items if line.product_id})
+        change = WooChange(topic=topic, resource_id=o.id, refs=tuple(refs), date_modified_gmt=stamp)
+        return WooDelivery(_key("woo", topic, o.id, stamp, None), change)
+    return WooIgnored(topic)

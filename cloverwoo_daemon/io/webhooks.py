@@ -1,0 +1,330 @@
+"""The embedded HTTP server: webhook intake for Clover and WooCommerce, health and metrics.
+
+Rules this module keeps:
+
+- Authenticate before anything is stored. A body that fails authentication
+  gets 401 and changes nothing; the two exceptions are Clover's
+  ``{"verificationCode": ...}`` handshake (sent before the auth code exists)
+  and WooCommerce's ``webhook_id=N`` ping (sent unsigned), both recognised by
+  narrow shapes in ``core.webhook_parse`` and answered 200 without storing.
+  An unauthenticated body is never parsed beyond those shapes, so a hostile
+  sender only ever costs a size-limited read and one regex.
+- 200 means durably stored: a delivery is acknowledged only after
+  ``intake.accept`` returned. ``accept`` is shielded from cancellation (a
+  client hanging up must not cut a store commit in half); it is bounded by
+  design, since it raises ``Overloaded`` instead of waiting for room.
+- Back-pressure reaches the sender: ``Overloaded`` becomes 503 with
+  ``Retry-After``; any other intake failure also becomes 503 (not stored, try
+  again), logged with its error.
+- Bodies are bounded: 413 when ``Content-Length`` exceeds ``max_body_bytes``,
+  and the body stream is counted while it is read, so a chunked body is cut
+  off at the limit, never buffered whole.
+- Never a 500: every route catches what it can raise and answers 400, 401,
+  413 or 503; app-wide handlers map anything that escapes anyway (including
+  ``msgspec.ValidationError``) to 400/503.
+
+Status codes: 200 stored or duplicate (the store dedups on the key), or ping,
+handshake, or a topic we ignore; 400 malformed; 401 authentication failed;
+405/404 wrong method or path; 408 body too slow; 413 too large; 503 overloaded
+or not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cloverwoo_daemon.core.signatures import verify_clover_auth, verify_woo_signature
+from cloverwoo_daemon.core.webhook_parse import (
+    CloverVerification,
+    MalformedPayload,
+    WooDelivery,
+    WooIgnored,
+    WooPing,
+    parse_clover,
+    parse_woo,
+)
+from cloverwoo_daemon.messages import InboundEvent
+
+__all__ = ["Intake", "Overloaded", "WebhookDeps", "create_app", "serve_webhooks"]
+
+log = structlog.get_logger("cloverwoo.webhooks")
+
+HANDSHAKE_MAX_BYTES = 1024
+"""An unauthenticated Clover body larger than this cannot be the handshake; refused unparsed."""
+PING_MAX_BYTES = 64
+BODY_TIMEOUT = 30.0
+"""Seconds to receive a whole body; a sender trickling bytes gets 408 (hypercorn's own timeouts cover headers)."""
+
+
+class Overloaded(Exception):
+    """The actors' queues are full; the sender should retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"overloaded, retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class Intake(Protocol):
+    """Where accepted deliveries go (implemented by the actors over the store)."""
+
+    async def accept(self, items: list[tuple[str, InboundEvent]]) -> None:
+        """Durably store ``(dedup_key, event)`` pairs (a known key is a duplicate: ignored), then enqueue.
+
+        Raises ``Overloaded`` when the queues are full; nothing is stored then.
+        """
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookDeps:
+    """Everything the HTTP app needs from the rest of the daemon."""
+
+    clover_auth_code: str  # empty: Clover deliveries are all refused (401), the handshake still works
+    woo_webhook_secret: str  # empty: Woo deliveries are all refused (401), the ping still works
+    max_body_bytes: int
+    intake: Intake
+    on_verification_code: Callable[[str], None]  # shown by `cloverwoo status` for the admin to paste
+    health: Callable[[], tuple[bool, dict[str, Any]]]  # (healthy, detail) for /healthz
+    registry: CollectorRegistry  # metrics are registered here: use one registry per app
+    queue_depth: Callable[[], float] | None = None  # intake queue depth, read at scrape time
+
+
+class _Metrics:
+    def __init__(self, deps: WebhookDeps) -> None:
+        r = deps.registry
+        self.deliveries = Counter(
+            "cloverwoo_webhook_deliveries",
+            "Webhook deliveries by source and answered HTTP status.",
+            ["source", "status"],
+            registry=r,
+        )
+        self.ack = Histogram(
+            "cloverwoo_webhook_ack_seconds",
+            "Time from request start to the answer (stored deliveries and refusals alike).",
+            ["source"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.events = Counter(
+            "cloverwoo_webhook_events", "Inbound events handed to the intake, by source.", ["source"], registry=r
+        )
+        self.queue = Gauge("cloverwoo_intake_queue_depth", "Events waiting for the actors.", registry=r)
+        if deps.queue_depth is not None:
+            self.queue.set_function(deps.queue_depth)
+
+
+class _Answer(Exception):
+    """Ends a request early with a status; raised inside the handlers, never out of them."""
+
+    def __init__(self, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.headers = headers or {}
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+async def _read_body(limit: int) -> bytes:
+    """The whole body, or ``_Answer(413)`` as soon as more than ``limit`` bytes arrived."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _Answer(413, f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with trio.fail_after(BODY_TIMEOUT):
+            async for chunk in request.body:
+                size += len(chunk)
+                if size > limit:
+                    raise _Answer(413, f"body larger than {limit} bytes")
+                chunks.append(chunk)
+    except RequestEntityTooLarge:
+        raise _Answer(413, f"body larger than {limit} bytes") from None
+    except trio.TooSlowError:
+        raise _Answer(408, "body not received in time") from None
+    return b"".join(chunks)
+
+
+def create_app(deps: WebhookDeps) -> QuartTrio:
+    """The quart-trio app serving ``/webhooks/clover``, ``/webhooks/woocommerce``, ``/healthz``, ``/metrics``."""
+    app = QuartTrio("cloverwoo_daemon.webhooks")
+    # quart's own guard, belt and braces with the counting in _read_body.
+    app.config["MAX_CONTENT_LENGTH"] = deps.max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
+    metrics = _Metrics(deps)
+
+    async def store(source: str, items: list[tuple[str, InboundEvent]]) -> None:
+        if not items:
+            return
+        try:
+            with trio.CancelScope(shield=True):
+                await deps.intake.accept(items)
+        except Overloaded as exc:
+            retry = max(1, int(exc.retry_after))
+            raise _Answer(503, "overloaded", {"Retry-After": str(retry)}) from None
+        except Exception as exc:  # noqa: BLE001 - a store failure must not become a 500
+            log.error("intake_failed", source=source, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            raise _Answer(503, "not stored", {"Retry-After": "5"}) from None
+        metrics.events.labels(source).inc(len(items))
+
+    async def clover() -> dict[str, Any]:
+        body = await _read_body(deps.max_body_bytes)
+        if not verify_clover_auth(request.headers.get("X-Clover-Auth"), deps.clover_auth_code):
+            if len(body) <= HANDSHAKE_MAX_BYTES:
+                try:
+                    parsed = parse_clover(body)
+                except MalformedPayload:
+                    parsed = None
+                if isinstance(parsed, CloverVerification):
+                    return verification(parsed.code)
+            raise _Answer(401, "authentication failed")
+        try:
+            parsed = parse_clover(body)
+        except MalformedPayload as exc:
+            raise _Answer(400, exc.reason) from None
+        if isinstance(parsed, CloverVerification):
+            return verification(parsed.code)
+        await store("clover", [(key, change) for key, change in parsed.items])
+        return {"ok": True, "events": len(parsed.items)}
+
+    def verification(code: str) -> dict[str, Any]:
+        log.warning("clover_verification_code", code=code, hint="paste it into the Clover dashboard")
+        try:
+            deps.on_verification_code(code)
+        except Exception as exc:  # noqa: BLE001
+            log.error("verification_callback_failed", error=f"{type(exc).__name__}: {exc}")
+        return {"ok": True}
+
+    async def woo() -> dict[str, Any]:
+        body = await _read_body(deps.max_body_bytes)
+        topic = request.headers.get("X-WC-Webhook-Topic")
+        if not verify_woo_signature(body, request.headers.get("X-WC-Webhook-Signature"), deps.woo_webhook_secret):
+            if len(body) <= PING_MAX_BYTES:
+                try:
+                    ping = parse_woo(body, None)
+                except MalformedPayload:
+                    ping = None
+                if isinstance(ping, WooPing):
+                    log.info("woo_ping", webhook_id=ping.webhook_id)
+                    return {"ok": True}
+            raise _Answer(401, "authentication failed")
+        try:
+            parsed = parse_woo(body, topic)
+        except MalformedPayload as exc:
+            raise _Answer(400, exc.reason) from None
+        match parsed:
+            case WooPing(webhook_id=webhook_id):
+                log.info("woo_ping", webhook_id=webhook_id)
+            case WooIgnored(topic=ignored):
+                log.info("woo_topic_ignored", topic=ignored)
+            case WooDelivery(key=key, change=change):
+                await store("woocommerce", [(key, change)])
+        return {"ok": True}
+
+    def route(source: str, handler: Callable[[], Any]) -> Callable[[], Any]:
+        async def endpoint() -> Response:
+            start = time.perf_counter()
+            try:
+                response = _json(200, await handler())
+            except _Answer as answer:
+                response = _json(answer.status, {"ok": False, "error": answer.error}, answer.headers)
+            except msgspec.ValidationError as exc:
+                response = _json(400, {"ok": False, "error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - never a 500 for any input
+                log.error("webhook_handler_failed", source=source, error=f"{type(exc).__name__}: {exc}",
+                          exc_info=exc)
+                response = _json(503, {"ok": False, "error": "internal error"}, {"Retry-After": "5"})
+            metrics.deliveries.labels(source, str(response.status_code)).inc()
+            metrics.ack.labels(source).observe(time.perf_counter() - start)
+            return response
+
+        endpoint.__name__ = f"webhook_{source}"
+        return endpoint
+
+    app.add_url_rule("/webhooks/clover", view_func=route("clover", clover), methods=["POST"])
+    app.add_url_rule("/webhooks/woocommerce", view_func=route("woocommerce", woo), methods=["POST"])
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        try:
+            ok, detail = deps.health()
+        except Exception as exc:  # noqa: BLE001
+            ok, detail = False, {"error": f"health check failed: {type(exc).__name__}"}
+        try:
+            return _json(200 if ok else 503, {"ok": ok, "detail": detail})
+        except (TypeError, msgspec.EncodeError):
+            return _json(200 if ok else 503, {"ok": ok, "detail": repr(detail)})
+
+    @app.get("/metrics")
+    async def metrics_view() -> Response:
+        return Response(generate_latest(deps.registry), status=200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.errorhandler(msgspec.ValidationError)
+    async def on_validation(exc: msgspec.ValidationError) -> Response:
+        return _json(400, {"ok": False, "error": str(exc)})
+
+    @app.errorhandler(HTTPException)
+    async def on_http(exc: HTTPException) -> Response:
+        return _json(exc.code or 400, {"ok": False, "error": exc.name})
+
+    @app.errorhandler(Exception)
+    async def on_error(exc: Exception) -> Response:
+        log.error("http_unhandled", error=f"{type(exc).__name__}: {exc}")
+        return _json(503, {"ok": False, "error": "internal error"}, {"Retry-After": "5"})
+
+    return app
+
+
+def _hyper_config(listen: str) -> HyperConfig:
+    cfg = HyperConfig()
+    cfg.bind = [listen]
+    cfg.accesslog = None  # the deliveries counter and our own log lines say what the access log would
+    cfg.errorlog = logging.getLogger("hypercorn.error")  # through the structlog pipeline (io.logs)
+    cfg.keep_alive_timeout = 30
+    cfg.graceful_timeout = 5.0
+    return cfg
+
+
+async def serve_webhooks(
+    app: QuartTrio,
+    listen: str,
+    *,
+    shutdown_trigger: Callable[[], Any] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``listen`` (``host:port``; port 0 picks one) until ``shutdown_trigger`` returns.
+
+    Reports the bound URL (``http://127.0.0.1:PORT``) through ``task_status``.
+
+    Resource handling: pass ``shutdown_trigger`` (e.g. ``stop_event.wait``)
+    for a graceful stop: in-flight requests finish and Quart's shutdown hooks
+    run; cancelling this task instead cuts them (stack.md), so keep
+    cancellation for the deadline after the trigger.
+    """
+
+    class _Status:
+        def started(self, binds: list[str] | None = None) -> None:
+            task_status.started(binds[0] if binds else f"http://{listen}")
+
+    kwargs: dict[str, Any] = {}
+    if shutdown_trigger is not None:
+        kwargs["shutdown_trigger"] = shutdown_trigger
+    await serve(app, _hyper_config(listen), task_status=_Status(), **kwargs)
