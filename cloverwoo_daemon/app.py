@@ -178,7 +178,8 @@ async def run_daemon(
                 await actors.start(supervisor.supervise, "reconciler",
                                    lambda task_status: _reconcile_loop(admin, reconcile_every, task_status))
             interval = systemd.watchdog_interval()
-            await actors.start(supervisor.heartbeat, _watchdog_beat, interval=interval or 1.0)
+            await actors.start(lambda task_status: supervisor.heartbeat(_watchdog_beat, interval=interval or 1.0,
+                                                                        task_status=task_status))
 
             # -- replay what was accepted but not settled before the last stop
             pending = await store.pending_events()
@@ -190,7 +191,6 @@ async def run_daemon(
 
             # -- the outside: webhook server, control socket
             intake = Intake(store, router_send, capacity=cfg.server.queue_size)
-            metrics.queue_depth.set_function(intake.depth)
 
             def on_code(code: str) -> None:
                 import time as _t
@@ -212,6 +212,7 @@ async def run_daemon(
                 on_verification_code=on_code,
                 health=healthy,
                 registry=metrics.registry,
+                queue_depth=intake.depth,
             ))
             listen_url = await root.start(
                 lambda task_status: webhooks.serve_webhooks(app, cfg.server.listen,
@@ -228,7 +229,7 @@ async def run_daemon(
             await root.start(serve_ctl)
             if handle_signals:
                 root.start_soon(_signals, stop_requested)
-            systemd.notify("READY=1", f"STATUS=listening on {listen_url}")
+            systemd.notify(f"READY=1\nSTATUS=listening on {listen_url}")
             log.info("daemon_ready", listen=listen_url, control=cfg.control.socket, bindings=len(table),
                      locations=list(clovers))
             running = Running(listen_url, cfg.control.socket, admin, stop_requested.set)

@@ -315,7 +315,11 @@ class ShardActor:
                 for loc, item in new.clover_items.items()
                 if current.clover_items.get(loc) == item
             }
-            new = msgspec.structs.replace(new, base_woo=current.base_woo if current.woo == new.woo else None,
+            # Woo's figure covers the bound locations: if one left or changed, it must be recounted.
+            same_cover = current.woo == new.woo and all(
+                new.clover_items.get(loc) == item for loc, item in current.clover_items.items()
+            )
+            new = msgspec.structs.replace(new, base_woo=current.base_woo if same_cover else None,
                                           base_clover=kept, version=current.version, excluded=current.excluded)
         if new != current:
             await d.store.put_bindings([new])

@@ -6,7 +6,7 @@ daemons in one test process do not collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -19,8 +19,6 @@ class Metrics:
         self.merges = Histogram("cloverwoo_merge_seconds", "Trigger-to-merge-done latency, by trigger kind",
                                 ["trigger"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.conflicts = Counter("cloverwoo_conflicts_total", "Oversells and conflicts flagged",
-                                 registry=self.registry)
-        self.queue_depth = Gauge("cloverwoo_intake_queue_depth", "Events waiting for the router",
                                  registry=self.registry)
 
     def observe_merge(self, trigger: str, seconds: float) -> None:

@@ -59,6 +59,7 @@ from cloverwoo_daemon.core.webhook_parse import (
     parse_woo,
 )
 from cloverwoo_daemon.messages import InboundEvent
+from cloverwoo_daemon.ports import Overloaded
 
 __all__ = ["Intake", "Overloaded", "WebhookDeps", "create_app", "serve_webhooks"]
 
@@ -69,14 +70,6 @@ HANDSHAKE_MAX_BYTES = 1024
 PING_MAX_BYTES = 64
 BODY_TIMEOUT = 30.0
 """Seconds to receive a whole body; a sender trickling bytes gets 408 (hypercorn's own timeouts cover headers)."""
-
-
-class Overloaded(Exception):
-    """The actors' queues are full; the sender should retry after ``retry_after`` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"overloaded, retry after {retry_after}s")
-        self.retry_after = retry_after
 
 
 class Intake(Protocol):
