@@ -33,6 +33,7 @@ from cloverwoo_daemon.actors.location import LocationActor
 from cloverwoo_daemon.actors.router import LookupOrder, RouteEvent, Router, RouterDeps, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
+from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.config import Config, Secrets, parse_duration
 from cloverwoo_daemon.core.merge import MergeConfig
@@ -138,8 +139,9 @@ async def run_daemon(
             lookups={name: s for name, (s, _) in lookup_chans.items()},
             on_event=saw_event,
         ))
+        batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight // 2))
         shard_deps = ShardDeps(
-            store=store, woo=woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
+            store=store, woo=batching_woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
             intents=intents, on_merge=metrics.observe_merge, on_conflict=lambda c: metrics.conflicts.inc(),
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
@@ -162,6 +164,7 @@ async def run_daemon(
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
+            await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
             await actors.start(supervisor.supervise, "router",
                                lambda task_status: router.run(router_recv, settled_recv, task_status=task_status))
             for i, shard in enumerate(shards):

@@ -93,6 +93,10 @@ class WooPort(Protocol):
         """Refs of products and variations modified after the ISO GMT cursor; returns (refs, new cursor)."""
         ...
 
+    async def changed_items(self, *, modified_after: str) -> tuple[dict[WooRef, str], str]:
+        """Like ``changed_refs``, with a change stamp per ref (date and stock) so a poller skips what it saw."""
+        ...
+
     async def order_refs(self, order_id: int) -> set[WooRef]:
         """Refs in the line items of one order."""
         ...

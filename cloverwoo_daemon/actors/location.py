@@ -54,7 +54,10 @@ class LocationActor:
     _seen: dict[str, int] = field(default_factory=dict)  # item id -> modifiedTime already forwarded
 
     async def run(
-        self, lookups: trio.MemoryReceiveChannel[LookupOrder], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        lookups: trio.MemoryReceiveChannel[LookupOrder],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as n:
             if self.poll_every:

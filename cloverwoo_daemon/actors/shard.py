@@ -73,7 +73,7 @@ class ShardDeps:
     on_merge: Callable[[str, float], None] = lambda trigger, seconds: None  # metrics hook
     on_conflict: Callable[[Conflict], None] = lambda c: None  # alerts hook
     max_parallel: int = 8
-    retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, max_attempts=1_000_000))
+    retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
 
 
 class _MergeFailed(Exception):
@@ -112,7 +112,10 @@ class ShardActor:
     # ------------------------------------------------------------------ loop
 
     async def run(
-        self, inbox: trio.MemoryReceiveChannel[ShardCommand], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        inbox: trio.MemoryReceiveChannel[ShardCommand],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """One incarnation. Pending work kept on ``self`` survives a restart and is rescheduled."""
         async with trio.open_nursery() as nursery:
@@ -216,7 +219,8 @@ class ShardActor:
 
         intent_raw = d.intents.get(bid)
         if intent_raw is not None:
-            binding = await self._recover(binding, _intent_decoder.decode(intent_raw), woo_stock.version_marker, trigger)
+            intent = _intent_decoder.decode(intent_raw)
+            binding = await self._recover(binding, intent, woo_stock.version_marker, trigger)
 
         if not woo_stock.manage_stock:
             if binding.tracked:
@@ -277,7 +281,8 @@ class ShardActor:
             fresh = await client.get_stock(item_id)
             if fresh is None:
                 await self._commit_step(binding, intent)
-                await self._log_failure(bid, pending, RemoteError(f"clover item {item_id} at {loc} has no stock record"))
+                missing = RemoteError(f"clover item {item_id} at {loc} has no stock record")
+                await self._log_failure(bid, pending, missing)
                 raise _MergeFailed()
             target = fresh + delta
             intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets, loc: target})
@@ -374,9 +379,12 @@ class ShardActor:
                 resolved[loc] = "not written"
                 continue
             fresh = await d.clovers[loc].get_stock(item_id)
+            before = target - intent.clover_deltas.get(loc, 0)  # what the pre-write read saw
             if fresh == target:
                 recovered = core_merge.after_clover_step_from_intent(recovered, intent, loc)
                 resolved[loc] = "landed"
+            elif fresh == before:
+                resolved[loc] = "not landed"
             else:
                 resolved[loc] = "in doubt: assumed not landed"
         recovered = core_merge.finish_from_intent(recovered, intent)

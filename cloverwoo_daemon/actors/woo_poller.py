@@ -19,6 +19,7 @@ import trio
 
 from cloverwoo_daemon.actors.router import PollFound, RouterInput
 from cloverwoo_daemon.core.backoff import Backoff
+from cloverwoo_daemon.core.model import WooRef
 from cloverwoo_daemon.ports import RemoteError, StorePort, WooPort
 
 log = structlog.get_logger("cloverwoo.woo_poller")
@@ -43,6 +44,7 @@ class WooPoller:
     router: trio.MemorySendChannel[RouterInput]
     poll_every: float | None
     status: WooPollStatus = field(default_factory=WooPollStatus)
+    _seen: dict[WooRef, str] = field(default_factory=dict)  # ref -> change stamp already forwarded
     retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, max_attempts=1_000_000))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -53,7 +55,12 @@ class WooPoller:
         while True:
             await trio.sleep(self.poll_every)
             try:
-                refs, new_cursor = await self.woo.changed_refs(modified_after=cursor)
+                items, new_cursor = await self.woo.changed_items(modified_after=cursor)
+                # The query overlaps the cursor by a second: forward only what changed since we last looked.
+                refs = {ref for ref, modified in items.items() if self._seen.get(ref) != modified}
+                self._seen.update(items)
+                if len(self._seen) > 10_000:
+                    self._seen = dict(items)
                 if refs:
                     self.status.found += len(refs)
                     await self.router.send(PollFound("poll:woo", trio.current_time(), woo=set(refs)))

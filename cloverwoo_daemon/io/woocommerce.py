@@ -388,21 +388,32 @@ class WooClient:
 
     async def changed_refs(self, *, modified_after: str) -> tuple[set[WooRef], str]:
         """Refs modified after the cursor; the query overlaps by 1 s because the filter is strict per second."""
+        items, newest = await self.changed_items(modified_after=modified_after)
+        return set(items), newest
+
+    async def changed_items(self, *, modified_after: str) -> tuple[dict[WooRef, str], str]:
+        """Like ``changed_refs``, with a change stamp per ref so a poller can skip what it already saw.
+
+        The stamp is ``date_modified_gmt|stock_quantity``: the date alone has a
+        1-second resolution, so two sales in one second would share it.
+        """
         params = {"modified_after": _shift_cursor(modified_after, -1), "dates_are_gmt": "true",
                   "orderby": "modified", "order": "asc"}
-        refs: set[WooRef] = set()
+        items: dict[WooRef, str] = {}
         newest = _shift_cursor(modified_after, 0)
         products = await self._get_all("/products", params)
         variable: list[int] = []
         for p in products:
-            refs.add(WooRef(int(p["id"])))
+            modified = str(p.get("date_modified_gmt") or "")
+            items[WooRef(int(p["id"]))] = f"{modified}|{p.get('stock_quantity')}"
             if p.get("type") == "variable":
                 variable.append(int(p["id"]))
-            newest = max(newest, str(p.get("date_modified_gmt") or ""))
+            newest = max(newest, modified)
         for v in await self._variations(variable, params):
-            refs.add(WooRef(int(v.get("parent_id") or 0), int(v["id"])))
-            newest = max(newest, str(v.get("date_modified_gmt") or ""))
-        return refs, newest
+            modified = str(v.get("date_modified_gmt") or "")
+            items[WooRef(int(v.get("parent_id") or 0), int(v["id"]))] = f"{modified}|{v.get('stock_quantity')}"
+            newest = max(newest, modified)
+        return items, newest
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         data = await self._json("GET", f"/orders/{order_id}")

@@ -17,7 +17,7 @@ import trio
 
 from cloverwoo_daemon.config import Config, Secrets, load_config, load_secrets
 from cloverwoo_daemon.core.model import WooRef
-from cloverwoo_daemon.sim.clover import CloverSim
+from cloverwoo_daemon.sim.clover import CloverSim, RateLimits
 from cloverwoo_daemon.sim.common import Faults
 from cloverwoo_daemon.sim.woocommerce import WooSim
 
@@ -160,6 +160,7 @@ async def start_world(
     realistic: bool = False,
     clover_faults: Faults | None = None,
     woo_faults: Faults | None = None,
+    clover_limits: RateLimits | None = None,
     seed: int = 0,
     **config: object,
 ) -> World:
@@ -167,10 +168,11 @@ async def start_world(
 
     Stock starts in agreement (each location holds ``stock``; WooCommerce the
     total), so a sync that works writes nothing until something sells.
+    ``clover_limits`` replaces Clover's documented rate limits (tests tighten them).
     """
     world_dir.mkdir(parents=True, exist_ok=True)
     auth_code = pysecrets.token_hex(16)
-    clover = CloverSim(auth_code=auth_code, faults=clover_faults, seed=seed)
+    clover = CloverSim(auth_code=auth_code, faults=clover_faults, limits=clover_limits, seed=seed)
     woo = WooSim.realistic(faults=woo_faults) if realistic else WooSim(faults=woo_faults)
     clover_url = await nursery.start(clover.run)
     woo_url = await nursery.start(woo.run)

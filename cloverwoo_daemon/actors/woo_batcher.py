@@ -1,0 +1,123 @@
+"""Batches WooCommerce stock writes from all shards into ``/batch`` calls.
+
+Rules:
+
+- A write is sent at once when no batch is waiting for a slot; writes that
+  arrive while batches are in flight are gathered and go together in the
+  next one (at most ``max_batch``, WooCommerce's limit of 100). So a lone
+  sale costs one request with no added delay, and a burst costs one request
+  per hundred writes instead of one each (a batch of 100 takes ~2 s on a
+  real store against ~7 s for 100 single PUTs: reference section 9).
+- Per-binding serialisation stays the shard's job: a binding has at most one
+  write in flight, so one batch never holds two writes to one product.
+- Each caller gets its own result; when the whole call fails every caller
+  gets the exception and retries through its merge (the version marker tells
+  whether its delta landed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import outcome
+import trio
+
+from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
+from cloverwoo_daemon.ports import WooPort
+
+
+@dataclass
+class _Waiter:
+    changes: list[tuple[WooRef, int, int]]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: outcome.Outcome[list[WooWriteResult]] | None = None
+
+
+class BatchingWoo:
+    """A ``WooPort`` whose ``apply_deltas`` coalesces concurrent callers; everything else passes through."""
+
+    def __init__(self, woo: WooPort, *, max_batch: int = 100, max_parallel: int = 2) -> None:
+        self.woo = woo
+        self.max_batch = max_batch
+        self._queue: list[_Waiter] = []
+        self._slots = trio.Semaphore(max_parallel)
+        self._wakeup = trio.Event()
+        self.batches = 0
+        self.writes = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as n:
+            task_status.started()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                while self._queue:
+                    await self._slots.acquire()
+                    batch = self._take()
+                    if batch:
+                        n.start_soon(self._send, batch)
+                    else:
+                        self._slots.release()
+
+    def _take(self) -> list[_Waiter]:
+        batch: list[_Waiter] = []
+        size = 0
+        while self._queue and size + len(self._queue[0].changes) <= self.max_batch:
+            w = self._queue.pop(0)
+            batch.append(w)
+            size += len(w.changes)
+        if not batch and self._queue:  # a single caller larger than a batch: the client splits it
+            batch.append(self._queue.pop(0))
+        return batch
+
+    async def _send(self, batch: list[_Waiter]) -> None:
+        try:
+            changes = [c for w in batch for c in w.changes]
+            result = await outcome.acapture(self.woo.apply_deltas, changes)
+            self.batches += 1
+            self.writes += len(changes)
+            if isinstance(result, outcome.Value):
+                results = result.unwrap()
+                i = 0
+                for w in batch:
+                    w.result = outcome.Value(results[i:i + len(w.changes)])
+                    i += len(w.changes)
+            else:
+                for w in batch:
+                    w.result = result
+        finally:
+            self._slots.release()
+            for w in batch:
+                if w.result is None:
+                    w.result = outcome.Error(RuntimeError("batch cancelled before an answer"))
+                w.done.set()
+
+    # -------------------------------------------------------------- WooPort
+
+    async def apply_deltas(self, changes: list[tuple[WooRef, int, int]]) -> list[WooWriteResult]:
+        if not changes:
+            return []
+        w = _Waiter(list(changes))
+        self._queue.append(w)
+        self._wakeup.set()
+        await w.done.wait()
+        assert w.result is not None
+        return w.result.unwrap()
+
+    async def get_stock(self, ref: WooRef) -> WooStock:
+        return await self.woo.get_stock(ref)
+
+    async def list_items(self) -> list[WooItem]:
+        return await self.woo.list_items()
+
+    async def changed_refs(self, *, modified_after: str) -> tuple[set[WooRef], str]:
+        return await self.woo.changed_refs(modified_after=modified_after)
+
+    async def changed_items(self, *, modified_after: str) -> tuple[dict[WooRef, str], str]:
+        return await self.woo.changed_items(modified_after=modified_after)
+
+    async def order_refs(self, order_id: int) -> set[WooRef]:
+        return await self.woo.order_refs(order_id)
+
+    async def aclose(self) -> None:
+        await self.woo.aclose()
