@@ -177,6 +177,8 @@ async def run_daemon(
                                    lambda task_status, a=actor, r=recv_l: a.run(r, task_status=task_status))
             await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
             await actors.start(supervisor.supervise, "catalogue", catalogue.run)
+            await actors.start(supervisor.supervise, "maintenance",
+                               lambda task_status: _maintenance_loop(store, task_status))
             if reconcile_every:
                 await actors.start(supervisor.supervise, "reconciler",
                                    lambda task_status: _reconcile_loop(admin, reconcile_every, task_status))
@@ -261,6 +263,23 @@ async def run_daemon(
                 await c.aclose()
         root.cancel_scope.cancel()
     running.stopped.set()
+
+
+LOG_RETENTION_S = 90 * 86400  # the sync log keeps 90 days: an audit trail, not the last 50 rows
+
+
+async def _maintenance_loop(store: Store, task_status: trio.TaskStatus[None], *, every: float = 3600.0) -> None:
+    """Hourly: forget settled inbox dedup keys past their window, and sync-log rows past retention."""
+    import time as _time
+
+    task_status.started()
+    while True:
+        now = _time.time()
+        pruned = await store.prune(now)
+        dropped = await store.prune_log(now - LOG_RETENTION_S)
+        if pruned or dropped:
+            log.info("store_pruned", dedup_keys=pruned, log_rows=dropped)
+        await trio.sleep(every)
 
 
 async def _reconcile_loop(admin: Admin, every: float, task_status: trio.TaskStatus[None]) -> None:

@@ -85,7 +85,7 @@ class ShardActor:
         self.index = index
         self.deps = deps
         self._dirty: dict[str, _Pending] = {}
-        self._running: set[str] = set()
+        self._running: dict[str, _Pending] = {}  # merges in flight, with the triggers they settle
         self._again: dict[str, _Pending] = {}
         self._failures: dict[str, int] = {}
         self._catalogue: dict[str, CatalogueUpdate] = {}
@@ -107,7 +107,7 @@ class ShardActor:
         }
 
     def idle(self) -> bool:
-        return not (self._dirty or self._running or self._again)
+        return not (self._dirty or self._running or self._again or self._failures)
 
     # ------------------------------------------------------------------ loop
 
@@ -122,8 +122,9 @@ class ShardActor:
             self._nursery = nursery
             # A previous incarnation may have left work: schedule it again.
             leftovers = {**self._again}
-            for bid in list(self._running):
-                leftovers.setdefault(bid, _Pending()).absorb((), "restart", trio.current_time())
+            for bid, p in self._running.items():
+                # A merge the crash interrupted: its events are still unsettled, so they go round again.
+                leftovers.setdefault(bid, _Pending()).absorb(p.event_ids, "restart", p.received_at)
             self._running.clear()
             self._again.clear()
             for bid in list(self._dirty):
@@ -157,7 +158,7 @@ class ShardActor:
             pending = self._dirty.pop(bid, None)
             if pending is None:
                 return
-            self._running.add(bid)
+            self._running[bid] = pending
             ok = False
             rerun = False
             try:
@@ -168,8 +169,9 @@ class ShardActor:
             except (RemoteError, OSError) as exc:
                 log.warning("merge_failed", binding_id=bid, error=_short(exc))
                 await self._log_failure(bid, pending, exc)
-            finally:
-                self._running.discard(bid)
+            # Not in a ``finally``: when a bug crashes this actor, the interrupted merge stays in
+            # ``_running`` so that the next incarnation runs it again with its unsettled events.
+            self._running.pop(bid, None)
         if ok:
             self.merges += 1
             self._failures.pop(bid, None)

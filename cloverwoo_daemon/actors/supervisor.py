@@ -81,7 +81,7 @@ class Supervisor:
                 now = trio.current_time()
                 state.crashes.append(now)
                 state.restarts += 1
-                state.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                state.last_error = describe(exc)[:500]
                 recent = sum(1 for t in state.crashes if now - t <= self.window)
                 log.error("actor_crashed", actor=name, restarts=state.restarts, recent=recent,
                           error=state.last_error, exc_info=exc)
@@ -107,3 +107,10 @@ class Supervisor:
             self.last_heartbeat = trio.current_time()
             beat()
             await trio.sleep(interval)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the real errors inside (possibly nested) exception groups, for operators."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
