@@ -216,7 +216,10 @@ class ShardActor:
         try:
             woo_stock = await d.woo.get_stock(binding.woo)
         except NotFound:
-            await self._unbind(binding, "WooCommerce product trashed or deleted", trigger)
+            await self._unbind(binding, "WooCommerce product deleted", trigger)
+            return False
+        if woo_stock.status == "trash":
+            await self._unbind(binding, "WooCommerce product trashed", trigger)
             return False
 
         intent_raw = d.intents.get(bid)
@@ -237,7 +240,11 @@ class ShardActor:
         if binding.excluded:
             return False
 
-        clover_reads, read_failed = await self._read_clover(binding)
+        clover_reads, read_failed, gone = await self._read_clover(binding)
+        if gone:
+            binding = await self._drop_locations(binding, gone, trigger)
+            if not binding.clover_items:
+                return False
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
         rerun = read_failed
@@ -343,10 +350,12 @@ class ShardActor:
         self.deps.intents[binding.binding_id] = raw
         self.deps.table.put(binding)
 
-    async def _read_clover(self, binding: Binding) -> tuple[dict[str, int | None], bool]:
+    async def _read_clover(self, binding: Binding) -> tuple[dict[str, int | None], bool, set[str]]:
+        """Fresh reads of every bound location: (reads, some read failed, locations whose item is gone)."""
         d = self.deps
         reads: dict[str, int | None] = {}
         failed = False
+        gone: set[str] = set()
 
         async def one(loc: str, item_id: str) -> None:
             nonlocal failed
@@ -354,7 +363,7 @@ class ShardActor:
                 reads[loc] = await d.clovers[loc].get_stock(item_id)
             except NotFound:
                 reads[loc] = None
-                log.warning("clover_item_missing", binding_id=binding.binding_id, sku=binding.sku, location=loc)
+                gone.add(loc)
             except RemoteError as exc:
                 reads[loc] = None
                 failed = True
@@ -365,7 +374,24 @@ class ShardActor:
                 item_id = binding.clover_items.get(loc)
                 if item_id is not None and loc in d.clovers:
                     n.start_soon(one, loc, item_id)
-        return reads, failed
+        return reads, failed, gone
+
+    async def _drop_locations(self, binding: Binding, gone: set[str], trigger: str) -> Binding:
+        """A Clover item was deleted: that location no longer holds this product's stock."""
+        d = self.deps
+        items = {loc: item for loc, item in binding.clover_items.items() if loc not in gone}
+        if not items:
+            await self._unbind(binding, f"Clover item deleted at {', '.join(sorted(gone))}", trigger)
+            return msgspec.structs.replace(binding, clover_items={})
+        # Woo's figure covered the dropped location too: recount from the source of truth.
+        new = msgspec.structs.replace(binding, clover_items=items, base_woo=None,
+                                      base_clover={k: v for k, v in binding.base_clover.items() if k in items})
+        row = self._row(new, "warning", "unbound_location", trigger,
+                        detail={"locations": sorted(gone), "reason": "Clover item deleted"})
+        await d.store.commit_binding(new, log=row)
+        d.table.put(new)
+        log.warning("unbound_location", binding_id=binding.binding_id, sku=binding.sku, locations=sorted(gone))
+        return new
 
     async def _recover(
         self, binding: Binding, intent: core_merge.WriteIntent, marker: int | None, trigger: str

@@ -84,6 +84,7 @@ class WooStock(msgspec.Struct, frozen=True):
     quantity: int | None
     version_marker: int | None  # our product meta marker, if present
     sku: str | None = None
+    status: str = "publish"  # "trash": the merchant deleted it; the binding is dropped
 
 
 class WooWriteResult(msgspec.Struct, frozen=True):

@@ -281,6 +281,7 @@ class WooClient:
             quantity=_quantity(data.get("stock_quantity")) if manage else None,
             version_marker=_marker(data.get("meta_data", [])),
             sku=data.get("sku") or None,
+            status=str(data.get("status") or "publish"),
         )
 
     async def apply_deltas(self, changes: list[tuple[WooRef, int, int]]) -> list[WooWriteResult]:

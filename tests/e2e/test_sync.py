@@ -100,3 +100,22 @@ async def test_untracked_product_is_never_written(env_factory: Callable[..., Any
         assert w.woo.stock(binding.woo) is None
         assert w.clover.stock(mid, gift) == 19  # the Clover sale itself stands; nothing was written back
         assert w.clover.count("POST item_stocks/{id}") == 0
+
+
+async def test_trashed_product_and_deleted_item_unbind_with_a_log_entry(env_factory: Callable[..., Any]) -> None:
+    async with env_factory(products=2) as env:
+        w = env.world
+        a, b = w.products
+        table = env.daemon.admin.table
+        assert table.by_woo_ref(a.woo) is not None and table.by_woo_ref(b.woo) is not None
+        w.woo.trash_product(a.woo)
+        w.clover.delete_item(w.locations["downtown"], b.clover["downtown"])
+        await wait_for(lambda: table.by_woo_ref(a.woo) is None and table.by_woo_ref(b.woo) is None,
+                       what="both bindings dropped")
+        await settle(env)
+        rows = await env.daemon.admin.store.query_log(level="warning")
+        unbound = {r.sku: r.detail for r in rows if r.event == "unbound"}
+        assert "trashed" in unbound[a.sku]
+        assert "Clover item deleted" in unbound[b.sku]
+        assert {bd.binding_id for bd in await env.daemon.admin.store.load_bindings()}.isdisjoint(
+            {a.woo.key, b.woo.key})
