@@ -245,26 +245,39 @@ class WooClient:
             raise error(f"{method} {path}: {resp.status_code} answer is not JSON") from None
 
     async def _get_all(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every page of a list (``per_page=100``), following ``X-WP-TotalPages``."""
-        out: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            resp = await self._request("GET", path, params={**(params or {}), "per_page": str(PER_PAGE),
-                                                             "page": str(page)})
-            try:
-                chunk = resp.json()
-            except ValueError:
-                chunk = None
-            if not isinstance(chunk, list):
-                raise RemoteError(f"GET {path}: page {page} is not a JSON list")
-            out.extend(chunk)
-            try:
-                pages = int(resp.headers.get("x-wp-totalpages", "1"))
-            except ValueError:
-                pages = 1
-            if page >= pages or not chunk:
-                return out
-            page += 1
+        """Every page of a list (``per_page=100``), following ``X-WP-TotalPages``.
+
+        The first page tells how many there are; the rest are fetched
+        concurrently (the client's ``max_in_flight`` caps them), since a page
+        costs ~250 ms on a real store and a 10,000-product catalogue has 100.
+        """
+        first, pages = await self._page(path, params, 1)
+        if pages <= 1 or not first:
+            return first
+        results: dict[int, list[dict[str, Any]]] = {1: first}
+
+        async def fetch(page: int) -> None:
+            results[page], _ = await self._page(path, params, page)
+
+        async with trio.open_nursery() as n:
+            for page in range(2, pages + 1):
+                n.start_soon(fetch, page)
+        return [row for page in sorted(results) for row in results[page]]
+
+    async def _page(self, path: str, params: dict[str, str] | None, page: int) -> tuple[list[dict[str, Any]], int]:
+        resp = await self._request("GET", path, params={**(params or {}), "per_page": str(PER_PAGE),
+                                                         "page": str(page)})
+        try:
+            chunk = resp.json()
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, list):
+            raise RemoteError(f"GET {path}: page {page} is not a JSON list")
+        try:
+            pages = int(resp.headers.get("x-wp-totalpages", "1"))
+        except ValueError:
+            pages = 1
+        return chunk, pages
 
     # ------------------------------------------------------------------
     # WooPort
