@@ -24,6 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# SOAK_SECONDS (default 600) and SOAK_RATE (default 500/s) set the length and the rate.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/bench_soak.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check cloverwoo_daemon tests benchmarks
 	$(BIN)/mypy --strict cloverwoo_daemon/core

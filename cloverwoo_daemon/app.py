@@ -18,7 +18,7 @@ Shutdown, in named phases (docs/ARCHITECTURE.md):
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,20 +26,25 @@ import structlog
 import trio
 
 from cloverwoo_daemon.actors.admin import Admin, WebhookHealth
-from cloverwoo_daemon.actors.bindings import BindingTable
-from cloverwoo_daemon.actors.catalogue import CatalogueActor
+from cloverwoo_daemon.actors.alerts import AlertActor, AlertDeps
+from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.actors.intake import Intake, decode_event
+from cloverwoo_daemon.actors.jobs import JobRunner
 from cloverwoo_daemon.actors.location import LocationActor
 from cloverwoo_daemon.actors.router import LookupOrder, RouteEvent, Router, RouterDeps, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
-from cloverwoo_daemon.config import Config, Secrets, parse_duration
+from cloverwoo_daemon.config import Config, ConfigError, Secrets, _read_secret, parse_duration
+from cloverwoo_daemon.core.alerts import AlertPolicy
 from cloverwoo_daemon.core.merge import MergeConfig
+from cloverwoo_daemon.core.model import Conflict
 from cloverwoo_daemon.io import control, systemd, webhooks
-from cloverwoo_daemon.io.clover import AppGate, CloverClient
+from cloverwoo_daemon.io.clover import AppGate, CloverClient, TokenProvider
+from cloverwoo_daemon.io.clover_oauth import oauth_providers
 from cloverwoo_daemon.io.metrics import Metrics
+from cloverwoo_daemon.io.smtp import SmtpMailer
 from cloverwoo_daemon.io.store import Store
 from cloverwoo_daemon.io.woocommerce import WooClient
 from cloverwoo_daemon.messages import EventsSettled, InboxEvent, ShardCommand
@@ -70,7 +75,10 @@ def merge_config(cfg: Config) -> MergeConfig:
     )
 
 
-def build_clients(cfg: Config, secrets: Secrets) -> tuple[WooPort, dict[str, CloverPort]]:
+def build_clients(
+    cfg: Config, secrets: Secrets, tokens: Mapping[str, TokenProvider] | None = None
+) -> tuple[WooPort, dict[str, CloverPort]]:
+    """The API clients; a location with ``oauth = true`` gets its expiring token from ``tokens``."""
     gate = AppGate(rate=cfg.clover.app_rate, in_flight=cfg.clover.app_in_flight)
     timeout = parse_duration(cfg.clover.timeout, key="clover.timeout") or 30.0
     clovers: dict[str, CloverPort] = {}
@@ -78,7 +86,7 @@ def build_clients(cfg: Config, secrets: Secrets) -> tuple[WooPort, dict[str, Clo
         clovers[loc.name] = CloverClient(
             base_url=cfg.clover.base_url,
             merchant_id=loc.merchant_id,
-            token=secrets.clover_tokens[loc.name],
+            token=(tokens or {}).get(loc.name) or secrets.clover_tokens[loc.name],
             location=loc.name,
             app_gate=gate,
             rate=cfg.clover.token_rate,
@@ -118,8 +126,9 @@ async def run_daemon(
         intents = await store.load_intents()
         log.info("store_open", path=cfg.state.path, bindings=len(table), intents=len(intents))
 
-        # -- clients and channels
-        woo, clovers = build_clients(cfg, secrets)
+        # -- clients and channels (OAuth locations: tokens refreshed ahead of expiry, committed first)
+        providers, oauth_http = oauth_providers(cfg, store)
+        woo, clovers = build_clients(cfg, secrets, providers)
         mcfg = merge_config(cfg)
         router_send, router_recv = trio.open_memory_channel[RouterInput](cfg.server.queue_size)
         settled_send, settled_recv = trio.open_memory_channel[EventsSettled](10_000)
@@ -140,9 +149,16 @@ async def run_daemon(
             on_event=saw_event,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight // 2))
+        alerts = build_alerts(cfg, store, table)
+
+        def conflict_seen(c: Conflict) -> None:
+            metrics.conflicts.inc()
+            alerts.notice_conflict(c)
+
         shard_deps = ShardDeps(
             store=store, woo=batching_woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
-            intents=intents, on_merge=metrics.observe_merge, on_conflict=lambda c: metrics.conflicts.inc(),
+            intents=intents, on_merge=metrics.observe_merge, on_conflict=conflict_seen,
+            on_stock=alerts.notice_stock, on_failure=alerts.notice_failure,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
@@ -151,20 +167,29 @@ async def run_daemon(
             for name, client in clovers.items()
         }
         woo_poller = WooPoller(woo, store, router_send,
-                               parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every"))
-        catalogue = CatalogueActor(woo, clovers, mcfg.primary, table, [s for s, _ in shard_chans])
+                               parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every"), table)
         reconcile_every = parse_duration(cfg.sync.reconcile_every, key="sync.reconcile_every")
+
+        def has_pending(bid: str) -> bool:
+            return shards[shard_of(bid, len(shards))].has_pending(bid)
+
+        jobs = JobRunner(store=store, woo=batching_woo, clovers=clovers, table=table,
+                         shards=[s for s, _ in shard_chans], merge_config=mcfg, is_busy=has_pending,
+                         reconcile_every=reconcile_every)
+        shard_deps.on_job_item = jobs.item_done
         admin = Admin(
             store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,
             shards=shards, shard_inboxes=[s for s, _ in shard_chans], locations=locations,
             woo_poller=woo_poller, webhooks=health, reconcile_every=reconcile_every,
-            store_stats=store.statistics,
+            store_stats=store.statistics, jobs=jobs,
         )
-        admin.catalogue = catalogue  # type: ignore[attr-defined]
+        admin.alerts = alerts  # type: ignore[attr-defined]
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
+            for name, provider in providers.items():
+                await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
             await actors.start(supervisor.supervise, "router",
                                lambda task_status: router.run(router_recv, settled_recv, task_status=task_status))
             for i, shard in enumerate(shards):
@@ -176,12 +201,10 @@ async def run_daemon(
                 await actors.start(supervisor.supervise, f"location-{name}",
                                    lambda task_status, a=actor, r=recv_l: a.run(r, task_status=task_status))
             await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
-            await actors.start(supervisor.supervise, "catalogue", catalogue.run)
+            await actors.start(supervisor.supervise, "jobs", jobs.run)
+            await actors.start(supervisor.supervise, "alerts", alerts.run)
             await actors.start(supervisor.supervise, "maintenance",
                                lambda task_status: _maintenance_loop(store, task_status))
-            if reconcile_every:
-                await actors.start(supervisor.supervise, "reconciler",
-                                   lambda task_status: _reconcile_loop(admin, reconcile_every, task_status))
             interval = systemd.watchdog_interval()
             await actors.start(lambda task_status: supervisor.heartbeat(_watchdog_beat, interval=interval or 1.0,
                                                                         task_status=task_status))
@@ -227,7 +250,7 @@ async def run_daemon(
             admin.listen_url = listen_url
             control_scope = trio.CancelScope()
 
-            async def serve_ctl(task_status: trio.TaskStatus[None]) -> None:
+            async def serve_ctl(task_status: trio.TaskStatus[str]) -> None:
                 with control_scope:
                     await control.serve_control(cfg.control.socket, admin.handle, task_status=task_status)
 
@@ -261,6 +284,8 @@ async def run_daemon(
             await woo.aclose()
             for c in clovers.values():
                 await c.aclose()
+            for o in oauth_http:
+                await o.aclose()
         root.cancel_scope.cancel()
     running.stopped.set()
 
@@ -282,11 +307,20 @@ async def _maintenance_loop(store: Store, task_status: trio.TaskStatus[None], *,
         await trio.sleep(every)
 
 
-async def _reconcile_loop(admin: Admin, every: float, task_status: trio.TaskStatus[None]) -> None:
-    task_status.started()
-    while True:
-        await trio.sleep(every)
-        await admin.reconcile("reconcile:scheduled")
+def build_alerts(cfg: Config, store: Store, table: BindingTable) -> AlertActor:
+    """The alert actor; with no ``alerts.email_to`` it only logs. Refuses a bad SMTP URL as a config error."""
+    a = cfg.alerts
+    mailer = None
+    if a.email_to:
+        # Read like every other secret (env CLOVERWOO_ALERTS_SMTP_PASSWORD, $CREDENTIALS_DIRECTORY).
+        password = _read_secret("alerts.smtp_password", a.smtp_password_file, required=False)
+        try:
+            mailer = SmtpMailer(a.smtp_url, sender=a.email_from, password=password)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    policy = AlertPolicy(low_stock_threshold=a.low_stock_threshold, thresholds=dict(a.thresholds))
+    return AlertActor(AlertDeps(store=store, policy=policy, mailer=mailer, recipients=tuple(a.email_to),
+                                lookup=table.get))
 
 
 def _watchdog_beat() -> None:

@@ -22,9 +22,11 @@ from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    JobRequest,
     LogRequest,
     ReconcileRequest,
     StatusRequest,
+    SyncRequest,
 )
 
 DEFAULT_CONFIG = "/etc/cloverwoo/cloverwoo.toml"
@@ -64,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--limit", type=int, default=200)
     cf = sub.add_parser("conflicts", help="flagged oversells and conflicts")
     cf.add_argument("--resolve", type=int, nargs="+", metavar="ID")
-    sub.add_parser("reconcile", help="compare every binding on both sides now and correct drift")
+    rc = sub.add_parser("reconcile", help="compare every binding on both sides now and correct drift")
+    rc.add_argument("--dry-run", action="store_true", help="report the drift, correct nothing")
+    rc.add_argument("--full", action="store_true", help="merge every binding from fresh reads (slow, thorough)")
+    sy = sub.add_parser("sync", help="initial sync: import (Clover is the truth) or push (WooCommerce is the truth)")
+    sy.add_argument("direction", choices=["import", "push"])
+    sy.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
+    sub.add_parser("job", help="progress of the running job, or the last one of each kind")
+    _add_clover_parser(sub)
     return p
 
 
@@ -103,7 +112,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "conflicts":
             return _admin(args, ConflictsRequest(resolve=tuple(args.resolve or ())), _print_conflicts)
         case "reconcile":
-            return _admin(args, ReconcileRequest(), lambda d: print(f"reconciling {d['bindings']} bindings"))
+            return _job(args, ReconcileRequest(dry_run=args.dry_run, full=args.full))
+        case "sync":
+            truth = "clover" if args.direction == "import" else "woo"
+            return _job(args, SyncRequest(truth=truth, dry_run=args.dry_run))
+        case "job":
+            return _job(args, JobRequest(follow=True))
+        case "clover":
+            return _clover(args)
     return EXIT_USAGE
 
 
@@ -140,39 +156,80 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 async def _reach_apis(cfg: Config, secrets: Any) -> int:
-    from cloverwoo_daemon.app import build_clients
+    from cloverwoo_daemon.io.logs import configure_logging
+    from cloverwoo_daemon.io.preflight import print_checks, run_preflight
+
+    configure_logging(level="error", secrets=secrets.values(), stream=sys.stderr)  # the ✓/✗ lines say it all
+    return print_checks(await run_preflight(cfg, secrets))
+
+
+# ------------------------------------------------------- clover connect (issue 8: Clover OAuth v2)
+
+
+def _add_clover_parser(sub: Any) -> None:
+    cl = sub.add_parser("clover", help="Clover app set-up")
+    clsub = cl.add_subparsers(dest="clover_command", required=True)
+    con = clsub.add_parser("connect", help="approve the Clover app for a location and store its OAuth tokens")
+    con.add_argument("location", help="the name of a [[clover.locations]] with oauth = true")
+    con.add_argument("--code", help="the code (or the whole address) Clover redirected to; else asked for")
+    con.add_argument("--redirect-uri", default="", help="where Clover sends the merchant after approval "
+                                                        "(a path under the app's Site URL)")
+
+
+def _clover(args: argparse.Namespace) -> int:
+    from cloverwoo_daemon.core.tokens import authorize_url, code_from_paste
+    from cloverwoo_daemon.io.clover_oauth import connect_location
+    from cloverwoo_daemon.io.logs import configure_logging
+    from cloverwoo_daemon.io.store import StoreError
     from cloverwoo_daemon.ports import RemoteError
 
-    woo, clovers = build_clients(cfg, secrets)
-    ok = True
-    try:
+    cfg = load_config(args.config)
+    loc = next((x for x in cfg.clover.locations if x.name == args.location), None)
+    if loc is None:
+        names = ", ".join(x.name for x in cfg.clover.locations)
+        print(f"cloverwoo: no location {args.location!r} in {args.config} (locations: {names})", file=sys.stderr)
+        return EXIT_USAGE
+    if not loc.oauth:
+        print(f"cloverwoo: location {loc.name} uses a static token (token_file); for Clover OAuth set oauth = true, "
+              "client_id and client_secret_file in its [[clover.locations]] and remove token_file", file=sys.stderr)
+        return EXIT_USAGE
+    secrets = load_secrets(cfg)
+    configure_logging(level="warning", secrets=secrets.values(), stream=sys.stderr)
+    if loc.name not in secrets.clover_client_secrets:
+        print(f"cloverwoo: config error: the app secret of location {loc.name} is needed: set its "
+              f"client_secret_file (or CLOVERWOO_CLOVER_CLIENT_SECRET_{loc.name.upper()})", file=sys.stderr)
+        return EXIT_USAGE
+    text = args.code
+    if not text:
+        url = authorize_url(cfg.clover.base_url, loc.client_id, merchant_id=loc.merchant_id,
+                            redirect_uri=args.redirect_uri)
+        print(f"1. Open this address, signed in as merchant {loc.merchant_id} ({loc.name}), and approve the app:")
+        print(f"   {url}")
+        print("2. Clover then sends the browser to the app's site address with ...&code=... at the end.")
         try:
-            value = await woo.get_setting("products", "woocommerce_manage_stock")  # type: ignore[attr-defined]
-            mark = "✓" if value == "yes" else "✗"
-            ok &= value == "yes"
-            fix = "" if value == "yes" else " (fix: WooCommerce > Settings > Products > Inventory > Manage stock)"
-            print(f"{mark} WooCommerce reachable at {cfg.woocommerce.base_url}; stock management {value}{fix}")
-        except RemoteError as exc:
-            ok = False
-            print(f"✗ WooCommerce at {cfg.woocommerce.base_url}: {exc}")
-        for name, client in clovers.items():
-            try:
-                props = await client.properties()  # type: ignore[attr-defined]
-                track, update = props.get("trackStock"), props.get("updateStock")
-                good = bool(track) and bool(update)
-                ok &= good
-                mark = "✓" if good else "✗"
-                print(f"{mark} Clover location {name}: reachable; trackStock={track} updateStock={update}"
-                      + ("" if good else " (fix: Clover Dashboard > Inventory > Setup: track stock and update "
-                                         "item count after each sale)"))
-            except RemoteError as exc:
-                ok = False
-                print(f"✗ Clover location {name}: {exc}")
-    finally:
-        await woo.aclose()
-        for c in clovers.values():
-            await c.aclose()
-    return EXIT_OK if ok else EXIT_FAILED
+            text = input("   Paste that whole address (or only the code): ")
+        except EOFError:
+            text = ""
+    try:
+        code, merchant = code_from_paste(text)
+    except ValueError as exc:
+        print(f"cloverwoo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if merchant and merchant != loc.merchant_id:
+        print(f"cloverwoo: that code is for merchant {merchant}, but {loc.name} is merchant {loc.merchant_id}; "
+              "approve the app as the right merchant", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        pair, name = trio.run(connect_location, cfg, secrets, loc.name, code)
+    except (RemoteError, StoreError) as exc:
+        print(f"✗ clover connect {loc.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    until = (time.strftime("%Y-%m-%d %H:%M", time.localtime(pair.access_expires_at))
+             if pair.access_expires_at else "no stated expiry")
+    print(f"✓ Clover {loc.name}: connected to merchant {loc.merchant_id}" + (f" ({name})" if name else "")
+          + f"; tokens stored in {cfg.state.path} (mode 0600), access token valid until {until}, "
+            "refreshed automatically by the daemon")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------- admin
@@ -241,6 +298,104 @@ def _print_status(data: dict[str, Any]) -> None:
                       "(paste it into the Clover developer dashboard, then Verify)")
     rec = data["reconcile"]
     console.print(f"reconcile every: {rec['every_s'] or 'off'}s, last: {rec['last'] or 'never'}")
+
+
+def _job(args: argparse.Namespace, req: ControlRequest) -> int:
+    """Start (or follow) a job; a progress bar on a tty, JSON lines with --json, the result at the end."""
+    from cloverwoo_daemon.io.control import ControlError, DaemonUnreachable, control_stream
+
+    async def follow() -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        progress = None
+        task = None
+        result: dict[str, Any] | None = None
+        try:
+            async with control_stream(_socket_path(args), req, timeout=30.0, idle_timeout=120.0) as stream:
+                async for resp in stream:
+                    if not resp.ok and not (resp.data and "result" in resp.data):
+                        print(f"cloverwoo: {resp.error}", file=sys.stderr)
+                        return EXIT_FAILED
+                    data = resp.data or {}
+                    if "progress" in data:
+                        p = data["progress"]
+                        if args.json:
+                            print(json.dumps({"progress": {k: p[k] for k in ("kind", "state", "done", "total")}}),
+                                  flush=True)
+                        elif console.is_terminal:
+                            if progress is None:
+                                progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                                    MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+                                progress.start()
+                                task = progress.add_task(f"{p['kind']} ({p['state']})", total=p["total"] or None)
+                            assert task is not None
+                            progress.update(task, completed=p["done"], total=p["total"] or None,
+                                            description=f"{p['kind']} ({p['state']})")
+                    elif "result" in data:
+                        result = data["result"]
+                    elif "current" in data:  # `cloverwoo job` with nothing running
+                        result = None
+                        print(json.dumps(data, indent=2, default=str) if args.json else _jobs_text(data))
+                        return EXIT_OK
+        except DaemonUnreachable as exc:
+            print(f"cloverwoo: daemon unreachable: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except ControlError as exc:
+            print(f"cloverwoo: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            if progress is not None:
+                progress.stop()
+        if result is None:
+            print("cloverwoo: the job ended without a result", file=sys.stderr)
+            return EXIT_FAILED
+        if args.json:
+            print(json.dumps({"result": result}, default=str))
+        else:
+            _print_job(result)
+        return EXIT_OK if result.get("state") == "done" else EXIT_FAILED
+
+    return trio.run(follow)
+
+
+def _jobs_text(data: dict[str, Any]) -> str:
+    lines = ["no job running"]
+    for kind, job in sorted((data.get("last") or {}).items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.get("finished_at") or 0))
+        lines.append(f"last {kind}: {job['state']} at {when}, {job['total']} bindings, "
+                     f"{job['writes_planned']} to correct")
+    return "\n".join(lines)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    secs = (job.get("finished_at") or time.time()) - job["started_at"]
+    verb = "would change" if job["dry_run"] else "changed"
+    state = job["state"] if job["state"] != "done" else "done"
+    resumed = " (resumed)" if job.get("resumed") else ""
+    print(f"{job['kind']} {state} in {secs:.1f}s: {job['total']} bindings{resumed}")
+    rep = job.get("report") or {}
+    if rep:
+        keys = ("bindings", "by_sku", "by_name", "untracked", "ambiguous", "unmatched_woo", "unmatched_clover",
+                "drifted", "drifted_woo_side", "drifted_clover_side", "in_flight", "never_synced")
+        print("  " + ", ".join(f"{k.replace('_', ' ')} {rep[k]}" for k in keys if k in rep))
+        if rep.get("reason"):
+            print(f"  why: {rep['reason']}")
+    if job["kind"] in ("import", "push") and job["dry_run"]:
+        print(f"  {job['writes_planned']} binding(s) {verb}:")
+        for row in job.get("diff", [])[:200]:
+            clover = ", ".join(f"{loc} {a} -> {b}" for loc, (a, b) in row.get("clover", {}).items())
+            woo = row.get("woo")
+            woo_text = f"woo {woo[0]} -> {woo[1]}" if woo and woo[0] != woo[1] else ""
+            print(f"    {row['sku']:<20} {woo_text}{'; ' if woo_text and clover else ''}{clover}")
+        if len(job.get("diff", [])) > 200:
+            print(f"    ... and {len(job['diff']) - 200} more (use --json for all)")
+    elif job["kind"] == "reconcile" and job["dry_run"]:
+        for row in job.get("diff", [])[:200]:
+            print(f"    {row['sku']:<20} woo moved {row['woo_moved_by']:+d}, clover moved {row['clover_moved_by']}")
+    if job.get("error"):
+        print(f"  error: {job['error']}")
 
 
 def _print_conflicts(data: Any) -> None:

@@ -77,6 +77,11 @@ class LocationConfig(_Base):
     merchant_id: str
     token_file: str = ""
     primary: bool = False
+    # Clover OAuth v2 (expiring tokens kept in the state store) instead of a static token_file;
+    # `cloverwoo clover connect NAME` does the first code exchange.
+    oauth: bool = False
+    client_id: str = ""  # the Clover app's App ID
+    client_secret_file: str = ""  # the app's App Secret (needed for the code exchange only)
 
 
 class CloverConfig(_Base):
@@ -140,7 +145,8 @@ class Secrets(msgspec.Struct, frozen=True):
     woo_consumer_secret: str
     woo_webhook_secret: str
     clover_auth_code: str
-    clover_tokens: dict[str, str]  # location name -> token
+    clover_tokens: dict[str, str]  # location name -> token (static-token locations only)
+    clover_client_secrets: dict[str, str] = msgspec.field(default_factory=dict)  # OAuth locations: name -> secret
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -151,6 +157,7 @@ class Secrets(msgspec.Struct, frozen=True):
         """Every secret value, for log redaction and for the tests that scan output."""
         vals = [self.woo_consumer_key, self.woo_consumer_secret, self.woo_webhook_secret, self.clover_auth_code]
         vals += list(self.clover_tokens.values())
+        vals += list(self.clover_client_secrets.values())
         return [v for v in vals if v]
 
 
@@ -214,6 +221,11 @@ def _check(cfg: Config) -> None:
     names = [loc.name for loc in cfg.clover.locations]
     if len(set(names)) != len(names):
         raise ConfigError("clover.locations: location names must be unique")
+    for i, loc in enumerate(cfg.clover.locations):
+        if loc.oauth and not loc.client_id:
+            raise ConfigError(f"clover.locations[{i}].client_id: required when oauth = true (the app's App ID)")
+        if loc.oauth and loc.token_file:
+            raise ConfigError(f"clover.locations[{i}].token_file: not used with oauth = true; remove one of them")
     if sum(1 for loc in cfg.clover.locations if loc.primary) > 1:
         raise ConfigError("clover.locations: only one location may have primary = true")
     deduct = cfg.sync.deduct
@@ -273,7 +285,14 @@ def _read_secret(key: str, file_value: str, *, required: bool = True, env_name: 
 def load_secrets(cfg: Config) -> Secrets:
     """Read every secret the config names; refuse a missing or empty one."""
     tokens = {}
+    client_secrets = {}
     for i, loc in enumerate(cfg.clover.locations):
+        if loc.oauth:  # tokens live in the state store; the app secret only for `clover connect`
+            secret = _read_secret(f"clover.locations[{i}].client_secret", loc.client_secret_file, required=False,
+                                  env_name=_env_name(f"clover.client_secret.{loc.name}"))
+            if secret:
+                client_secrets[loc.name] = secret
+            continue
         tokens[loc.name] = _read_secret(f"clover.locations[{i}].token", loc.token_file,
                                         env_name=_env_name(f"clover.token.{loc.name}"))
     return Secrets(
@@ -282,4 +301,5 @@ def load_secrets(cfg: Config) -> Secrets:
         woo_webhook_secret=_read_secret("woocommerce.webhook_secret", cfg.woocommerce.webhook_secret_file),
         clover_auth_code=_read_secret("clover.auth_code", cfg.clover.auth_code_file),
         clover_tokens=tokens,
+        clover_client_secrets=client_secrets,
     )

@@ -35,6 +35,7 @@ class WooChange(msgspec.Struct, frozen=True, tag="woo", tag_field="source"):
     parent_id: int = 0  # for a variation
     refs: tuple[WooRef, ...] = ()  # line items of an order payload, when present
     date_modified_gmt: str = ""
+    stock_quantity: int | None = None  # a product payload's stock at send time: lets the shard skip our own echo
 
 
 InboundEvent = CloverChange | WooChange
@@ -59,6 +60,7 @@ class MarkDirty(msgspec.Struct, frozen=True, tag="dirty"):
     trigger: str  # webhook:clover, poll:woo, reconcile, ...
     event_ids: tuple[int, ...] = ()  # inbox events settled once these merges succeed
     received_at: float = 0.0  # monotonic time the trigger arrived, for latency
+    woo_stock_hint: int | None = None  # the stock a Woo product webhook carried (None: unknown)
 
 
 class CatalogueUpdate(msgspec.Struct, frozen=True, tag="catalogue"):
@@ -69,7 +71,23 @@ class CatalogueUpdate(msgspec.Struct, frozen=True, tag="catalogue"):
     reason: str = ""
 
 
-ShardCommand = MarkDirty | CatalogueUpdate
+class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
+    """Recount one binding from catalogue-list reads, the given side being the truth (initial sync, import, push).
+
+    The reads may be seconds old: that is safe, because the merge writes the
+    difference as a delta to Woo and keeps whatever happened since as a
+    pending delta against the new bases. No per-item read is made, so a
+    5,000-product import costs its list pages and its batch writes only.
+    """
+
+    binding_id: str
+    woo: int | None
+    clover: dict[str, int | None]
+    truth: str  # "clover" | "woo"
+    job_id: str = ""
+
+
+ShardCommand = MarkDirty | CatalogueUpdate | Initialise
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):
@@ -101,9 +119,23 @@ class ConflictsRequest(msgspec.Struct, frozen=True, tag="conflicts"):
 
 class ReconcileRequest(msgspec.Struct, frozen=True, tag="reconcile"):
     dry_run: bool = False
+    full: bool = False  # merge every binding from fresh reads instead of comparing list reads
 
 
-ControlRequest = StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest
+class SyncRequest(msgspec.Struct, frozen=True, tag="sync"):
+    """`cloverwoo sync import` (truth "clover") / `push` (truth "woo"); answered by a stream of progress."""
+
+    truth: str
+    dry_run: bool = False
+
+
+class JobRequest(msgspec.Struct, frozen=True, tag="job"):
+    """The running job's progress (streamed until it ends) or, when none runs, the last one of each kind."""
+
+    follow: bool = False
+
+
+ControlRequest = StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
 
 
 class ControlResponse(msgspec.Struct, frozen=True):

@@ -12,8 +12,10 @@ ran out), and ``PermanentError`` for a request the remote refused for good
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
+from cloverwoo_daemon.core.alerts import Alert, ArmState, Email, OutboxEmail
 from cloverwoo_daemon.core.model import (
     Binding,
     CloverItem,
@@ -52,12 +54,28 @@ class CloverPort(Protocol):
         """Absolute write (``POST item_stocks/{id}``); returns the quantity Clover reports."""
         ...
 
+    async def read_then_write(
+        self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
+    ) -> tuple[int, int] | None:
+        """Fresh read, ``before_write(target)``, absolute write of read + delta, admitted as one unit.
+
+        Returns (read, written); None when the item has no stock record.
+        """
+        ...
+
     async def list_items(self, *, modified_since_ms: int | None = None) -> list[CloverItem]:
         """All items with ``expand=itemStock``, paged at 1000; filtered by modifiedTime when given."""
         ...
 
     async def changed_item_ids_from_orders(self, *, since_ms: int) -> tuple[set[str], int]:
         """Item ids in orders modified since ``since_ms``; returns (ids, newest modifiedTime seen)."""
+        ...
+
+    async def changed_orders(self, *, since_ms: int) -> dict[str, tuple[int, set[str]]]:
+        """Orders modified since ``since_ms``: order id -> (its modifiedTime, the item ids on its lines).
+
+        Per order, so a poll whose window overlaps the last one can tell an order it already saw.
+        """
         ...
 
     async def order_item_ids(self, order_id: str) -> set[str]:
@@ -161,3 +179,53 @@ class Overloaded(Exception):
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(f"overloaded, retry after {retry_after}s")
         self.retry_after = retry_after
+
+
+# --------------------------------------------------------------------------
+# Alerts (issue 6): the ports of actors/alerts.py. The store half is
+# implemented by ``io.store.Store``, the mailer by ``io.smtp.SmtpMailer``.
+
+
+class AlertStore(Protocol):
+    """What the alert actor keeps durable: arm state, thresholds, recorded alerts, the outbox."""
+
+    async def load_arm_states(self) -> dict[str, ArmState]: ...
+
+    async def save_arm_state(self, binding_id: str, state: ArmState) -> None: ...
+
+    async def record_alert(self, alert: Alert, *, arm: ArmState | None = None) -> bool:
+        """False (and nothing recorded) when an alert with the same key exists."""
+        ...
+
+    async def pending_alerts(self) -> list[Alert]: ...
+
+    async def queue_email(self, email: Email, recipients: Sequence[str], *, delivered: bool = False) -> OutboxEmail:
+        ...
+
+    async def unsent_emails(self) -> list[OutboxEmail]: ...
+
+    async def mark_email_sent(self, email_id: int) -> None: ...
+
+    async def mark_email_failed(self, email_id: int, error: str) -> None: ...
+
+    async def recent_emails(self, since: float) -> list[tuple[str, float]]: ...
+
+    async def alert_thresholds(self) -> dict[str, int]: ...
+
+    async def set_alert_threshold(self, sku: str, threshold: int | None) -> None: ...
+
+    async def last_sync_error(self, binding_id: str) -> str | None: ...
+
+    async def list_conflicts(self, include_resolved: bool = False) -> list[Conflict]: ...
+
+
+class Mailer(Protocol):
+    """Hands one email to the mail server.
+
+    Error handling: ``RemoteError`` when the server could not be reached or
+    answered 4xx (try again later), ``PermanentError`` when it refused the
+    message or the login for good (5xx). Either way the email stays in the
+    outbox; the actor retries with backoff.
+    """
+
+    async def send(self, email: OutboxEmail) -> None: ...

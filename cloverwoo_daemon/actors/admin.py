@@ -16,6 +16,7 @@ import msgspec
 import trio
 
 from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.actors.jobs import JobBusy, JobRunner, JobStatus
 from cloverwoo_daemon.actors.location import LocationActor
 from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor
@@ -25,9 +26,11 @@ from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    JobRequest,
     LogRequest,
     ReconcileRequest,
     StatusRequest,
+    SyncRequest,
 )
 from cloverwoo_daemon.ports import StorePort
 
@@ -56,6 +59,7 @@ class Admin:
     locations: dict[str, LocationActor]
     woo_poller: WooPoller
     webhooks: WebhookHealth
+    jobs: JobRunner
     reconcile_every: float | None
     listen_url: str = ""
     started_at: float = field(default_factory=time.time)
@@ -74,12 +78,53 @@ class Admin:
                     return ControlResponse(ok=True, data={"resolved": n})
                 conflicts = await self.store.list_conflicts()
                 return ControlResponse(ok=True, data=msgspec.to_builtins(conflicts))
-            case ReconcileRequest(dry_run=dry):
-                if dry:
-                    return ControlResponse(ok=False, error="reconcile --dry-run is not available yet (issue 4)")
-                n = await self.reconcile("reconcile:manual")
-                return ControlResponse(ok=True, data={"bindings": n})
+            case ReconcileRequest(dry_run=dry, full=full):
+                kind = "full" if full else "reconcile"
+                return self._start_job(kind, lambda: self.jobs.start(kind, dry_run=dry))
+            case SyncRequest(truth=truth, dry_run=dry):
+                if truth not in ("clover", "woo"):
+                    return ControlResponse(ok=False, error=f"unknown source of truth {truth!r}")
+                kind = "import" if truth == "clover" else "push"
+                return self._start_job(kind, lambda: self.jobs.start("sync", truth=truth, dry_run=dry))
+            case JobRequest(follow=follow):
+                cur = self.jobs.current
+                if cur is not None and follow:
+                    return self._follow(cur.kind, cur.started_at)
+                data = {"current": msgspec.to_builtins(cur) if cur else None,
+                        "last": {k: msgspec.to_builtins(v) for k, v in self.jobs.last.items()}}
+                return ControlResponse(ok=True, data=data)
         return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
+
+    def _start_job(self, kind: str, start: Any) -> ControlResponse | AsyncIterator[ControlResponse]:
+        since = time.time()
+        try:
+            start()
+        except JobBusy as exc:
+            return ControlResponse(ok=False, error=str(exc))
+        return self._follow(kind, since)
+
+    async def _follow(self, kind: str, since: float) -> AsyncIterator[ControlResponse]:
+        """Progress lines of the job of ``kind`` started at or after ``since``, then its result."""
+        job: JobStatus | None = None
+        with trio.move_on_after(60):
+            while job is None:
+                cur = self.jobs.current
+                if cur is not None and cur.kind == kind and cur.started_at >= since:
+                    job = cur
+                    break
+                done = self.jobs.last.get(kind)
+                if done is not None and done.started_at >= since:
+                    yield _result(done)
+                    return
+                await trio.sleep(0.02)
+        if job is None:
+            yield ControlResponse(ok=False, error="the job did not start (another job holds the catalogue)")
+            return
+        while self.jobs.current is job:
+            progress = msgspec.to_builtins(msgspec.structs.replace(job, diff=[]))
+            yield ControlResponse(ok=True, data={"progress": progress})
+            await trio.sleep(0.2)
+        yield _result(job)
 
     async def reconcile(self, trigger: str) -> int:
         """Mark every binding dirty: each gets a merge from fresh reads (the net under webhooks and polls)."""
@@ -124,6 +169,14 @@ class Admin:
                 "clover_verification_code": self.webhooks.verification_code,
             },
             "reconcile": {"every_s": self.reconcile_every, "last": self.last_reconcile},
+            "jobs": {
+                "current": msgspec.to_builtins(msgspec.structs.replace(self.jobs.current, diff=[]))
+                if self.jobs.current else None,
+                "last": {k: {"state": v.state, "finished_at": v.finished_at, "total": v.total,
+                             "writes_planned": v.writes_planned, "report": v.report}
+                         for k, v in self.jobs.last.items()},
+                "catalogue": self.jobs.report,
+            },
             "store": msgspec.to_builtins(stats) if stats is not None else None,
         }
 
@@ -133,3 +186,8 @@ class Admin:
             and self.router_inbox.statistics().current_buffer_used == 0
             and all(ch.statistics().current_buffer_used == 0 for ch in self.shard_inboxes)
         )
+
+
+def _result(job: JobStatus) -> ControlResponse:
+    return ControlResponse(ok=job.state == "done", data={"result": msgspec.to_builtins(job)},
+                           error=job.error or None)

@@ -52,6 +52,7 @@ class LocationActor:
     status: LocationStatus = field(default_factory=LocationStatus)
     retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, max_attempts=1_000_000))
     _seen: dict[str, int] = field(default_factory=dict)  # item id -> modifiedTime already forwarded
+    _orders_seen: dict[str, int] = field(default_factory=dict)  # order id -> modifiedTime already forwarded
 
     async def run(
         self,
@@ -100,12 +101,21 @@ class LocationActor:
                     if self._seen.get(it.item_id) == it.modified_time:
                         continue
                     self._seen[it.item_id] = it.modified_time
-                    if self.table.by_clover_item(self.name, it.item_id) is not None:
+                    bid = self.table.by_clover_item(self.name, it.item_id)
+                    binding = self.table.get(bid) if bid is not None else None
+                    # Only a quantity that differs from what we last agreed on is news (our own writes
+                    # bump modifiedTime too, and would otherwise be merged again for nothing).
+                    base = binding.base_clover.get(self.name) if binding is not None else None
+                    if binding is not None and (it.quantity is None or it.quantity != base):
                         found.add(it.item_id)
-                order_items, newest_order = await self.client.changed_item_ids_from_orders(
-                    since_ms=orders_cursor - OVERLAP_MS
-                )
-                found |= {i for i in order_items if self.table.by_clover_item(self.name, i) is not None}
+                orders = await self.client.changed_orders(since_ms=orders_cursor - OVERLAP_MS)
+                newest_order = orders_cursor
+                for order_id, (modified, order_items) in orders.items():
+                    newest_order = max(newest_order, modified)
+                    if self._orders_seen.get(order_id) == modified:
+                        continue  # seen through the overlap before: re-forwarding it would merge forever
+                    self._orders_seen[order_id] = modified
+                    found |= {i for i in order_items if self.table.by_clover_item(self.name, i) is not None}
                 if found:
                     self.status.found += len(found)
                     await self.router.send(PollFound("poll:clover", trio.current_time(), clover={self.name: found}))
@@ -115,7 +125,7 @@ class LocationActor:
                 if newest_order > orders_cursor:
                     orders_cursor = newest_order
                     await self.store.set_kv(orders_key, str(orders_cursor))
-                self._prune(items_cursor)
+                self._prune(items_cursor, orders_cursor)
                 self.status.polls += 1
                 self.status.reachable = True
                 self.status.consecutive_failures = 0
@@ -132,7 +142,8 @@ class LocationActor:
                 log.warning("location_unreachable", location=self.name, error=self.status.last_error)
             self.status.reachable = False
 
-    def _prune(self, cursor: int) -> None:
+    def _prune(self, items_cursor: int, orders_cursor: int) -> None:
         if len(self._seen) > 10_000:
-            horizon = cursor - 10 * OVERLAP_MS
-            self._seen = {k: v for k, v in self._seen.items() if v >= horizon}
+            self._seen = {k: v for k, v in self._seen.items() if v >= items_cursor - 10 * OVERLAP_MS}
+        if len(self._orders_seen) > 10_000:
+            self._orders_seen = {k: v for k, v in self._orders_seen.items() if v >= orders_cursor - 10 * OVERLAP_MS}

@@ -140,7 +140,7 @@ class Router:
                     await d.lookups[loc].send(LookupOrder(ev.event_id, oid, mono))
                 else:
                     self._ignore(ev.event_id, "event type not used for stock", kind=kind)
-            case WooChange(topic=topic, resource_id=rid, parent_id=pid, refs=refs):
+            case WooChange(topic=topic, resource_id=rid, parent_id=pid, refs=refs, stock_quantity=stock):
                 d.on_event("woocommerce")
                 resource = topic.split(".", 1)[0]
                 if resource == "product":
@@ -148,7 +148,9 @@ class Router:
                         ids = self._resolve({}, {WooRef(pid, rid)})
                     else:
                         ids = d.table.by_woo_product(rid)
-                    await self._dispatch(ids, "webhook:woo", mono=mono, event_id=ev.event_id)
+                    # The payload's stock lets the shard recognise our own write coming back.
+                    hint = stock if len(ids) == 1 and topic == "product.updated" else None
+                    await self._dispatch(ids, "webhook:woo", mono=mono, event_id=ev.event_id, woo_hint=hint)
                 elif resource == "order":
                     ids = self._resolve({}, set(refs))
                     await self._dispatch(ids, "webhook:woo:order", mono=mono, event_id=ev.event_id)
@@ -171,7 +173,9 @@ class Router:
                 ids |= t.by_woo_product(ref.product_id)
         return ids
 
-    async def _dispatch(self, ids: set[str], trigger: str, *, mono: float, event_id: int | None) -> None:
+    async def _dispatch(
+        self, ids: set[str], trigger: str, *, mono: float, event_id: int | None, woo_hint: int | None = None
+    ) -> None:
         d = self.deps
         nshards = len(d.shards)
         by_shard: dict[int, list[str]] = {}
@@ -186,7 +190,7 @@ class Router:
                 self._settle(event_id)
         eids = (event_id,) if event_id is not None else ()
         for shard, bids in by_shard.items():
-            await d.shards[shard].send(MarkDirty(tuple(bids), trigger, eids, mono))
+            await d.shards[shard].send(MarkDirty(tuple(bids), trigger, eids, mono, woo_hint))
         self.routed += 1
 
     def _ignore(self, event_id: int, reason: str, **kw: object) -> None:

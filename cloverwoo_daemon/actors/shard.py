@@ -36,7 +36,7 @@ from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow
-from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, MarkDirty, ShardCommand
+from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, Initialise, MarkDirty, ShardCommand
 from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort, WooPort
 
 log = structlog.get_logger("cloverwoo.shard")
@@ -52,11 +52,33 @@ class _Pending:
     event_ids: set[int] = field(default_factory=set)
     triggers: set[str] = field(default_factory=set)
     received_at: float = math.inf  # earliest trigger (trio clock), for latency
+    initialise: Initialise | None = None  # a recount from list reads, run before any plain merge
+    woo_hints: set[int] = field(default_factory=set)  # stock figures Woo webhooks carried
+    unhinted: bool = False  # some trigger carried no stock figure: a merge is needed
 
-    def absorb(self, event_ids: tuple[int, ...] | set[int], trigger: str, received_at: float) -> None:
+    def absorb(
+        self, event_ids: tuple[int, ...] | set[int], trigger: str, received_at: float, hint: int | None = None
+    ) -> None:
         self.event_ids.update(event_ids)
         self.triggers.add(trigger)
         self.received_at = min(self.received_at, received_at)
+        if hint is None:
+            self.unhinted = True
+        else:
+            self.woo_hints.add(hint)
+
+    def absorb_pending(self, other: _Pending) -> None:
+        self.event_ids |= other.event_ids
+        self.triggers |= other.triggers
+        self.received_at = min(self.received_at, other.received_at)
+        self.woo_hints |= other.woo_hints
+        self.unhinted |= other.unhinted or not other.woo_hints
+        if other.initialise is not None:
+            self.initialise = other.initialise
+
+    def only_echoes(self, base_woo: int | None) -> bool:
+        """Every trigger was a Woo webhook carrying exactly the stock we last agreed on: nothing to merge."""
+        return not self.unhinted and self.initialise is None and base_woo is not None and self.woo_hints == {base_woo}
 
 
 @dataclass
@@ -72,6 +94,9 @@ class ShardDeps:
     intents: dict[str, bytes]  # loaded at start: in-flight merges to recover
     on_merge: Callable[[str, float], None] = lambda trigger, seconds: None  # metrics hook
     on_conflict: Callable[[Conflict], None] = lambda c: None  # alerts hook
+    on_stock: Callable[[Binding], None] = lambda b: None  # alerts hook: a merge of this binding committed
+    on_failure: Callable[[str, int], None] = lambda bid, attempts: None  # alerts hook: consecutive failed merges
+    on_job_item: Callable[[str, str, str], None] = lambda job_id, bid, result: None  # jobs: one recount done
     max_parallel: int = 8
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
 
@@ -93,6 +118,7 @@ class ShardActor:
         self._nursery: trio.Nursery | None = None
         self.merges = 0
         self.failed_merges = 0
+        self.echoes_skipped = 0
 
     # ----------------------------------------------------------------- state
 
@@ -104,7 +130,12 @@ class ShardActor:
             "retrying": len(self._failures),
             "merges": self.merges,
             "failed_merges": self.failed_merges,
+            "echoes_skipped": self.echoes_skipped,
         }
+
+    def has_pending(self, bid: str) -> bool:
+        """A trigger for this binding is queued, running or waiting to retry."""
+        return bid in self._dirty or bid in self._running or bid in self._again or bid in self._failures
 
     def idle(self) -> bool:
         return not (self._dirty or self._running or self._again or self._failures)
@@ -130,25 +161,36 @@ class ShardActor:
             for bid in list(self._dirty):
                 nursery.start_soon(self._merge_task, bid)
             for bid, p in leftovers.items():
-                self._enqueue(bid, p.event_ids, "restart", p.received_at)
+                p.triggers.add("restart")
+                self._enqueue_pending(bid, p)
             task_status.started()
             async for cmd in inbox:
                 match cmd:
                     case MarkDirty():
                         for bid in cmd.binding_ids:
-                            self._enqueue(bid, cmd.event_ids, cmd.trigger, cmd.received_at or trio.current_time())
+                            p = _Pending()
+                            p.absorb(cmd.event_ids, cmd.trigger, cmd.received_at or trio.current_time(),
+                                     cmd.woo_stock_hint)
+                            self._enqueue_pending(bid, p)
                     case CatalogueUpdate():
                         self._catalogue[cmd.binding_id] = cmd
                         self._enqueue(cmd.binding_id, (), "catalogue", trio.current_time())
+                    case Initialise():
+                        p = _Pending(initialise=cmd)
+                        p.absorb((), "initialise", trio.current_time())
+                        self._enqueue_pending(cmd.binding_id, p)
 
     def _enqueue(self, bid: str, event_ids: tuple[int, ...] | set[int], trigger: str, received_at: float) -> None:
+        p = _Pending()
+        p.absorb(event_ids, trigger, received_at)
+        self._enqueue_pending(bid, p)
+
+    def _enqueue_pending(self, bid: str, p: _Pending) -> None:
         if bid in self._running:
-            self._again.setdefault(bid, _Pending()).absorb(event_ids, trigger, received_at)
+            self._again.setdefault(bid, _Pending()).absorb_pending(p)
         elif bid in self._dirty:
-            self._dirty[bid].absorb(event_ids, trigger, received_at)
+            self._dirty[bid].absorb_pending(p)
         else:
-            p = _Pending()
-            p.absorb(event_ids, trigger, received_at)
             self._dirty[bid] = p
             assert self._nursery is not None
             self._nursery.start_soon(self._merge_task, bid)
@@ -162,7 +204,10 @@ class ShardActor:
             ok = False
             rerun = False
             try:
-                rerun = await self._merge(bid, pending)
+                if pending.initialise is not None:
+                    rerun = await self._initialise(bid, pending, pending.initialise)
+                else:
+                    rerun = await self._merge(bid, pending)
                 ok = True
             except _MergeFailed:
                 pass
@@ -175,7 +220,16 @@ class ShardActor:
         if ok:
             self.merges += 1
             self._failures.pop(bid, None)
-            if pending.event_ids:
+            init = pending.initialise
+            if init is not None:
+                self.deps.on_job_item(init.job_id, bid, "done")
+            if init is not None and (pending.event_ids or pending.triggers - {"initialise"}):
+                # Triggers that came with the recount get a plain merge from fresh reads; their events
+                # are settled by that merge, not by the recount (whose list reads may predate them).
+                follow = _Pending(event_ids=set(pending.event_ids), received_at=pending.received_at)
+                follow.triggers = (pending.triggers - {"initialise"}) or {"recheck"}
+                self._enqueue_pending(bid, follow)
+            elif pending.event_ids:
                 await self.deps.settled.send(EventsSettled(tuple(sorted(pending.event_ids)), bid))
             if rerun:
                 self._enqueue(bid, (), "recheck", trio.current_time())
@@ -183,18 +237,19 @@ class ShardActor:
             self.failed_merges += 1
             attempt = self._failures.get(bid, 0) + 1
             self._failures[bid] = attempt
+            self.deps.on_failure(bid, attempt)
             delay = self.deps.retry.next_delay(min(attempt, 30)) or self.deps.retry.cap
             await trio.sleep(delay)
             # Back in line with everything that arrived meanwhile; the events stay unsettled.
             again = self._again.pop(bid, None)
             if again is not None:
-                pending.absorb(again.event_ids, next(iter(again.triggers), "retry"), again.received_at)
-            self._enqueue(bid, pending.event_ids, "retry", pending.received_at)
+                pending.absorb_pending(again)
+            pending.triggers.add("retry")
+            self._enqueue_pending(bid, pending)
             return
         again = self._again.pop(bid, None)
         if again is not None:
-            for trig in again.triggers:
-                self._enqueue(bid, again.event_ids, trig, again.received_at)
+            self._enqueue_pending(bid, again)
 
     # ----------------------------------------------------------------- merge
 
@@ -213,6 +268,11 @@ class ShardActor:
         binding = d.table.get(bid)
         if binding is None:
             return False  # unbound since the trigger arrived: nothing to do
+        if pending.only_echoes(binding.base_woo) and bid not in d.intents:
+            # Our own write (or a save that left stock alone) coming back as a webhook: the payload
+            # shows the stock we agreed on, so there is nothing on Woo's side to merge.
+            self.echoes_skipped += 1
+            return False
         try:
             woo_stock = await d.woo.get_stock(binding.woo)
         except NotFound:
@@ -247,18 +307,65 @@ class ShardActor:
                 return False
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
-        rerun = read_failed
+        rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
+        if read_failed:
+            raise _MergeFailed()
+        return rerun
 
+    async def _initialise(self, bid: str, pending: _Pending, req: Initialise) -> bool:
+        """Recount a binding from list reads with ``req.truth`` as the truth (initial sync, import, push)."""
+        d = self.deps
+        update = self._catalogue.pop(bid, None)
+        if update is not None and not await self._apply_catalogue(update, "initialise"):
+            self.deps.on_job_item(req.job_id, bid, "unbound")
+            return False
+        binding = d.table.get(bid)
+        if binding is None:
+            self.deps.on_job_item(req.job_id, bid, "unbound")
+            return False
+        if bid in d.intents:
+            woo_stock = await d.woo.get_stock(binding.woo)
+            binding = await self._recover(binding, _intent_decoder.decode(d.intents[bid]),
+                                          woo_stock.version_marker, "initialise")
+        if binding.excluded or not binding.tracked or req.woo is None:
+            return False
+        reads = core_merge.Reads(
+            woo=req.woo,
+            clover={loc: req.clover.get(loc) for loc in binding.clover_items if loc in d.merge_config.locations},
+        )
+        recount = msgspec.structs.replace(binding, base_woo=None, base_clover={})
+        cfg = msgspec.structs.replace(d.merge_config, source_of_truth=req.truth)
+        plan = core_merge.plan_merge(recount, reads, cfg)
+        if plan.skip:
+            await d.store.append_log([self._row(binding, "warning", "initialise_skipped", "initialise",
+                                                detail={"reason": plan.skip, "job": req.job_id})])
+            return False
+        return await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False)
+
+    async def _execute(
+        self,
+        binding: Binding,
+        plan: core_merge.Plan,
+        reads: core_merge.Reads,
+        pending: _Pending,
+        trigger: str,
+        *,
+        reread_clover: bool,
+    ) -> bool:
+        """Carry out a plan step by step (intent first, bases moved after each write); True to merge again."""
+        d = self.deps
+        bid = binding.binding_id
+        clover_reads = reads.clover
+        rerun = False
         if not plan.woo_delta and not any(plan.clover_deltas.values()):
             new = core_merge.finish(core_merge.after_woo_step(binding, plan), plan)
             if (new.base_woo, new.base_clover) != (binding.base_woo, binding.base_clover):
                 await d.store.commit_binding(new, log=self._row(new, "info", "merge", trigger, plan=plan,
                                                                  reads=reads, latency=pending.received_at))
                 d.table.put(new)
+                d.on_stock(new)
             await self._flag(new, plan, trigger)
             self._record(trigger, pending)
-            if read_failed:
-                raise _MergeFailed()
             return False
 
         intent = core_merge.intent_for(binding, plan)
@@ -287,16 +394,36 @@ class ShardActor:
                 continue
             item_id = binding.clover_items[loc]
             client = d.clovers[loc]
-            fresh = await client.get_stock(item_id)
+            # A merge reads right before writing, read and write admitted as one unit (the window for a
+            # POS sale is one round trip); a recount from list reads writes what it planned, at one call
+            # per item (the import's floor).
+            fresh: int | None
+            if reread_clover:
+                intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
+                await self._commit_step(binding, intent)
+                intent_now = intent
+
+                async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
+                    nonlocal intent_now
+                    intent_now = msgspec.structs.replace(
+                        intent_now, clover_targets={**intent_now.clover_targets, loc: target})
+                    await self._commit_step(step_binding, intent_now)
+
+                done = await client.read_then_write(item_id, delta, record_target)
+                intent = intent_now
+                fresh = done[0] if done is not None else None
+            else:
+                fresh = clover_reads.get(loc)
+                if fresh is not None:
+                    intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets,
+                                                                             loc: fresh + delta})
+                    await self._commit_step(binding, intent)
+                    await client.set_stock(item_id, fresh + delta)
             if fresh is None:
                 await self._commit_step(binding, intent)
                 missing = RemoteError(f"clover item {item_id} at {loc} has no stock record")
                 await self._log_failure(bid, pending, missing)
                 raise _MergeFailed()
-            target = fresh + delta
-            intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets, loc: target})
-            await self._commit_step(binding, intent)
-            await client.set_stock(item_id, target)
             binding = core_merge.after_clover_step(binding, plan, loc)
             intent = msgspec.structs.replace(intent, clover_done=(*intent.clover_done, loc))
             await self._commit_step(binding, intent)
@@ -308,10 +435,9 @@ class ShardActor:
         await d.store.commit_binding(binding, intent="clear", log=row)
         d.intents.pop(bid, None)
         d.table.put(binding)
+        d.on_stock(binding)
         await self._flag(binding, plan, trigger)
         self._record(trigger, pending)
-        if read_failed:
-            raise _MergeFailed()
         return rerun
 
     async def _apply_catalogue(self, update: CatalogueUpdate, trigger: str) -> bool:
@@ -404,7 +530,10 @@ class ShardActor:
             target = intent.clover_targets.get(loc)
             item_id = recovered.clover_items.get(loc)
             if target is None or item_id is None or loc not in d.clovers:
-                resolved[loc] = "not written"
+                # A write that began (read sent) but whose target was never recorded may have landed:
+                # nothing can tell, so it is flagged rather than guessed silently.
+                started = loc in intent.clover_started and item_id is not None
+                resolved[loc] = "in doubt: target unknown, assumed not landed" if started else "not written"
                 continue
             fresh = await d.clovers[loc].get_stock(item_id)
             before = target - intent.clover_deltas.get(loc, 0)  # what the pre-write read saw

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import structlog
 import trio
 
+from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.actors.router import PollFound, RouterInput
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import WooRef
@@ -43,9 +44,21 @@ class WooPoller:
     store: StorePort
     router: trio.MemorySendChannel[RouterInput]
     poll_every: float | None
+    table: BindingTable | None = None
     status: WooPollStatus = field(default_factory=WooPollStatus)
     _seen: dict[WooRef, str] = field(default_factory=dict)  # ref -> change stamp already forwarded
     retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, max_attempts=1_000_000))
+
+    def _news(self, ref: WooRef, stamp: str) -> bool:
+        """False when the listed stock is exactly what we last agreed on (our own write, or no stock change)."""
+        bid = self.table.by_woo_ref(ref) if self.table is not None else None
+        binding = self.table.get(bid) if self.table is not None and bid is not None else None
+        if binding is None:
+            return ref.variation_id == 0  # a variable parent: its variations are listed on their own
+        _, status, stock = stamp.rsplit("|", 2) if stamp.count("|") >= 2 else ("", "", "")
+        if status not in ("publish", "private", "draft", "pending", "future"):
+            return True  # trashed, or a status we do not know: let the merge look
+        return stock in ("", "None") or binding.base_woo is None or int(stock) != binding.base_woo
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -57,7 +70,7 @@ class WooPoller:
             try:
                 items, new_cursor = await self.woo.changed_items(modified_after=cursor)
                 # The query overlaps the cursor by a second: forward only what changed since we last looked.
-                refs = {ref for ref, modified in items.items() if self._seen.get(ref) != modified}
+                refs = {ref for ref, stamp in items.items() if self._seen.get(ref) != stamp and self._news(ref, stamp)}
                 self._seen.update(items)
                 if len(self._seen) > 10_000:
                     self._seen = dict(items)

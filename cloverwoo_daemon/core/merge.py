@@ -173,9 +173,11 @@ class WriteIntent(msgspec.Struct, frozen=True):
 
     Holds everything the step functions need, so that an interrupted merge's
     bookkeeping can be finished after a restart without the original reads.
-    ``clover_targets`` is filled by the actor right before each Clover write
-    (the absolute value it sends), so that :func:`recover`'s caller can tell
-    whether an in-doubt write landed.
+    ``clover_started`` names the locations whose read-then-write began (it is
+    committed before the read); ``clover_targets`` holds the absolute value
+    sent, committed concurrently with the write so that the read-to-write
+    window stays one round trip. Together they let :func:`recover`'s caller
+    tell whether an in-doubt write landed, or flag it when it cannot.
     """
 
     binding_id: str
@@ -187,6 +189,7 @@ class WriteIntent(msgspec.Struct, frozen=True):
     woo_done: bool = False
     clover_done: tuple[str, ...] = ()
     clover_targets: dict[str, int] = msgspec.field(default_factory=dict)
+    clover_started: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------

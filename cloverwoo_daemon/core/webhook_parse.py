@@ -260,6 +260,7 @@ def parse_woo(body: bytes, topic: str | None) -> WooParsed:
             resource_id=p.id,
             parent_id=p.parent_id if p.type == "variation" else 0,
             date_modified_gmt=stamp,
+            stock_quantity=p.stock_quantity,
         )
         return WooDelivery(_key("woo", topic, p.id, stamp, p.stock_quantity), change)
     if resource == "order":

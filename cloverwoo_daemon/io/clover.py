@@ -21,7 +21,10 @@ Rules:
   Quantities are rounded half up to whole units at this edge; an item with no
   stock record has quantity ``None`` (unknown), never 0.
 - The token goes in the ``Authorization`` header only: never in a log line,
-  an exception message or a ``repr``.
+  an exception message or a ``repr``. It is either static (a sandbox or
+  dashboard token) or asked of a ``TokenProvider`` before every request
+  (OAuth v2, expiring); with a provider, a 401 gets one new token and one
+  more try, and a second 401 is a ``PermanentError``.
 
 Error handling: only ``ports.RemoteError`` and its subclasses leave the
 public methods; ``trio.Cancelled`` passes through untouched.
@@ -31,9 +34,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -45,7 +48,7 @@ from cloverwoo_daemon.core.model import CloverItem
 from cloverwoo_daemon.core.ratelimit import TokenBucket
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 
-__all__ = ["AppGate", "CloverClient", "Gate", "round_quantity"]
+__all__ = ["AppGate", "CloverClient", "Gate", "TokenProvider", "round_quantity"]
 
 log = structlog.get_logger("cloverwoo.clover")
 
@@ -76,9 +79,15 @@ class Gate:
     """
 
     def __init__(self, *, rate: float, in_flight: int, burst: float | None = None, name: str = "gate") -> None:
-        # A small burst: Clover does not document one, and a server that counts
-        # in a sliding one-second window would refuse rate + a large burst.
-        self.bucket = TokenBucket(rate, burst if burst is not None else max(1.0, min(4.0, rate)))
+        # The bucket grants at most pace * T + burst in any window of length T
+        # (core.ratelimit). Clover says "16 per second" and documents no burst,
+        # so a server counting in a sliding one-second window must never see
+        # more than ``rate``: pace at ``rate - burst``. A burst of three (13/s
+        # sustained for 16/s) still lets a quiet location send a merge's read,
+        # the fresh read and the write back to back: the window in which a POS
+        # sale can be overwritten stays one round trip, not a pacing interval.
+        b = burst if burst is not None else min(3.0, max(1.0, rate / 5))
+        self.bucket = TokenBucket(max(rate - b, rate / 2), b)
         self.slots = trio.Semaphore(in_flight)
         self.in_flight_limit = in_flight
         self.name = name
@@ -198,6 +207,22 @@ def _to_item(raw: _Item) -> CloverItem:
 # The client
 
 
+class TokenProvider(Protocol):
+    """Where an expiring (OAuth v2) access token comes from (``io.clover_oauth.OAuthTokens``).
+
+    Both methods raise ``ports.RemoteError`` (or a subclass) when no usable
+    token can be had, so the location is reported unreachable, not crashed.
+    """
+
+    async def access_token(self) -> str:
+        """A token to send now (refreshed first if it is about to expire)."""
+        ...
+
+    async def refreshed_after_401(self) -> str:
+        """Clover refused the token: a new one (or the same, if refreshing cannot help)."""
+        ...
+
+
 class CloverClient:
     """``ports.CloverPort`` for one location (one merchant, one token).
 
@@ -209,7 +234,7 @@ class CloverClient:
         *,
         location: str,
         merchant_id: str,
-        token: str,
+        token: str | TokenProvider,  # a static token, or a provider of expiring ones
         base_url: str,
         app_gate: AppGate,
         rate: float = 16.0,  # this token's requests per second
@@ -229,9 +254,13 @@ class CloverClient:
         self._log = log.bind(location=location, merchant_id=merchant_id)
         self._prefix = f"/v3/merchants/{merchant_id}"
         limits = httpx.Limits(max_connections=in_flight + 1, max_keepalive_connections=in_flight + 1)
+        self._tokens: TokenProvider | None = None if isinstance(token, str) else token
+        headers = {"Accept": "application/json"}
+        if isinstance(token, str):
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            headers=headers,
             timeout=httpx.Timeout(timeout),
             limits=limits,
             transport=transport,
@@ -254,12 +283,17 @@ class CloverClient:
         message carries a full URL or a header.
         """
         attempt = 0
+        renewed = False  # one new token per call after a 401; a second 401 is final
         while True:
             attempt += 1
             retry_after: float | None = None
+            headers = None
+            if self._tokens is not None:  # fetched outside the gates: a refresh must not hold a slot
+                headers = {"Authorization": f"Bearer {await self._tokens.access_token()}"}
             try:
                 async with _admitted(self.token_gate, self.app_gate):
-                    resp = await self._http.request(method, self._prefix + path, params=params, json=json)
+                    resp = await self._http.request(method, self._prefix + path, params=params, json=json,
+                                                    headers=headers)
             except httpx.TimeoutException as exc:
                 reason = f"timeout ({type(exc).__name__})"
             except httpx.TransportError as exc:
@@ -275,6 +309,13 @@ class CloverClient:
                     reason = f"HTTP {status}"
                 elif status == 404:
                     raise NotFound(f"clover {self.location}: {what}: 404 {_message(resp)}")
+                elif status == 401 and self._tokens is not None and not renewed:
+                    renewed = True
+                    sent = headers["Authorization"] if headers else ""
+                    if f"Bearer {await self._tokens.refreshed_after_401()}" != sent:
+                        attempt -= 1  # a token change is not a failed attempt
+                        continue
+                    raise PermanentError(f"clover {self.location}: {what}: HTTP 401 {_message(resp)}")
                 else:
                     raise PermanentError(f"clover {self.location}: {what}: HTTP {status} {_message(resp)}")
             delay = self.backoff.next_delay(attempt, retry_after=retry_after, rng=self._rng)
@@ -324,6 +365,65 @@ class CloverClient:
             return None
         return round_quantity(self._decode(raw, _StockWrite, what).quantity)
 
+    async def read_then_write(
+        self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
+    ) -> tuple[int, int] | None:
+        """Read an item's stock fresh and write ``read + delta``, back to back; returns (read, written).
+
+        Clover has no relative or conditional write, so a POS sale landing
+        between the read and the write is overwritten. This keeps that window
+        to one round trip: both requests are admitted together (one in-flight
+        slot held across both, both rate slots booked and waited for before
+        the read), so the write never queues behind other traffic, and
+        ``before_write(target)`` (the caller records its target durably) runs
+        concurrently with the write instead of in front of it. None when the
+        item has no stock record.
+
+        Error handling: any failure raises ``RemoteError`` (no retry here: the
+        caller's merge is retried as a whole, from fresh reads).
+        """
+        headers = None
+        if self._tokens is not None:
+            headers = {"Authorization": f"Bearer {await self._tokens.access_token()}"}
+        async with self.token_gate.slots:
+            self.token_gate._note_in_flight()
+            async with self.app_gate.slots:
+                self.app_gate._note_in_flight()
+                now = trio.current_time()
+                last = max(max(self.token_gate.bucket.reserve(now), self.app_gate.bucket.reserve(now))
+                           for _ in range(2))
+                await trio.sleep_until(now + last)  # both slots are ours from here: no wait in between
+                read = await self._raw("GET", f"/item_stocks/{item_id}", "GET item_stocks/{id}", headers)
+                if read is None:
+                    return None
+                fresh = round_quantity(self._decode(read, _StockWrite, "GET item_stocks/{id}").quantity)
+                if fresh is None:
+                    return None
+                target = fresh + delta
+                async with trio.open_nursery() as n:
+                    n.start_soon(before_write, target)
+                    raw = await self._raw("POST", f"/item_stocks/{item_id}", "POST item_stocks/{id}", headers,
+                                          json={"quantity": target})
+                if raw is None:
+                    raise RemoteError(f"clover {self.location}: POST item_stocks/{{id}}: 404")
+                return fresh, target
+
+    async def _raw(
+        self, method: str, path: str, what: str, headers: dict[str, str] | None, json: Any = None
+    ) -> bytes | None:
+        """One request inside an admission the caller holds; None on 404; RemoteError on anything else."""
+        try:
+            resp = await self._http.request(method, self._prefix + path, json=json, headers=headers)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise RemoteError(f"clover {self.location}: {what}: {type(exc).__name__}") from None
+        if 200 <= resp.status_code < 300:
+            return resp.content
+        if resp.status_code == 404:
+            return None
+        if resp.status_code == 429:
+            self._on_429(resp, what, 1)
+        raise RemoteError(f"clover {self.location}: {what}: HTTP {resp.status_code}")
+
     async def set_stock(self, item_id: str, quantity: int) -> int:
         what = "POST item_stocks/{id}"
         raw = await self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity})
@@ -339,14 +439,17 @@ class CloverClient:
         return [_to_item(i) for page in await self._pages("/items", "GET items", params, _Items) for i in page.elements]
 
     async def changed_item_ids_from_orders(self, *, since_ms: int) -> tuple[set[str], int]:
+        orders = await self.changed_orders(since_ms=since_ms)
+        ids: set[str] = set().union(*(items for _, items in orders.values()))
+        return ids, max([since_ms, *(modified for modified, _ in orders.values())])
+
+    async def changed_orders(self, *, since_ms: int) -> dict[str, tuple[int, set[str]]]:
         params: list[tuple[str, str | int]] = [("filter", f"modifiedTime>={since_ms}"), ("expand", "lineItems")]
-        ids: set[str] = set()
-        newest = since_ms
+        out: dict[str, tuple[int, set[str]]] = {}
         for page in await self._pages("/orders", "GET orders", params, _Orders):
             for order in page.elements:
-                newest = max(newest, order.modifiedTime or 0)
-                ids |= await self._ids_of(order)
-        return ids, newest
+                out[order.id] = (order.modifiedTime or 0, await self._ids_of(order))
+        return out
 
     async def order_item_ids(self, order_id: str) -> set[str]:
         what = "GET orders/{id}"
@@ -381,6 +484,10 @@ class CloverClient:
             await self._get("/properties", what="GET properties"), dict[str, Any], "GET properties"
         )
         return props
+
+    async def probe_inventory_read(self) -> None:
+        """``GET items?limit=1``: proves the token may read inventory (Clover answers 401 when it may not)."""
+        await self._get("/items", what="GET items", params={"limit": 1})
 
     async def merchant(self) -> dict[str, Any]:
         """The merchant record (``id``, ``name``): proves the token and merchant id belong together."""

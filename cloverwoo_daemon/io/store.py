@@ -60,6 +60,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 import trio
 
+from cloverwoo_daemon.core.alerts import Alert, ArmState, Email, OutboxEmail
 from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow, WooRef
 
 __all__ = [
@@ -183,9 +184,60 @@ def _m2_log_and_conflicts(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX conflicts_open ON conflicts(binding_id, kind) WHERE resolved_at IS NULL")
 
 
+def _m3_alerts(conn: sqlite3.Connection) -> None:
+    """Alerts: arm state per binding, run-time thresholds, recorded alerts and the email outbox."""
+    # No foreign keys to bindings: an alert about a binding that was since
+    # unbound must still be delivered, and arm state outliving its binding is harmless.
+    conn.execute(
+        """CREATE TABLE alert_state (
+            binding_id TEXT PRIMARY KEY,
+            low_armed INTEGER NOT NULL,
+            out_armed INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE alert_thresholds (
+            sku TEXT PRIMARY KEY,
+            threshold INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            body TEXT NOT NULL,
+            recipients TEXT NOT NULL,     -- JSON list
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            sent_at REAL                  -- NULL until the server accepted it
+        )"""
+    )
+    conn.execute("CREATE INDEX outbox_unsent ON outbox(id) WHERE sent_at IS NULL")
+    conn.execute("CREATE INDEX outbox_created ON outbox(created_at)")
+    # An alert is recorded (with the arm state that fired it) before it is
+    # digested; email_id says which outbox email carries it. The unique key
+    # makes "alert once per conflict" durable.
+    conn.execute(
+        """CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            binding_id TEXT NOT NULL,
+            payload BLOB NOT NULL,        -- msgspec JSON of core.alerts.Alert
+            created_at REAL NOT NULL,
+            email_id INTEGER REFERENCES outbox(id)
+        )"""
+    )
+    conn.execute("CREATE INDEX alerts_pending ON alerts(id) WHERE email_id IS NULL")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_m1_initial, _m2_log_and_conflicts)
+MIGRATIONS: tuple[Migration, ...] = (_m1_initial, _m2_log_and_conflicts, _m3_alerts)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -235,6 +287,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
 
 
 _str_dict = msgspec.json.Decoder(dict[str, str])
+_str_list = msgspec.json.Decoder(list[str])
+_alert_decoder = msgspec.json.Decoder(Alert)
 _base_dict = msgspec.json.Decoder(dict[str, int | None])
 _encode = msgspec.json.Encoder()
 
@@ -363,7 +417,7 @@ class _BatchOutcome:
 
 
 class Store:
-    """The daemon's durable state: inbox, bindings, write intents, sync log, conflicts, key/value.
+    """The daemon's durable state: inbox, bindings, write intents, sync log, conflicts, alerts, key/value.
 
     Resource handling: nothing touches the file until ``run`` is started in a
     nursery (``await nursery.start(store.run)``): it opens and migrates the
@@ -862,3 +916,175 @@ class Store:
             )
 
         await self._write(fn)
+
+    # ------------------------------------------------------------------ alerts
+
+    async def load_arm_states(self) -> dict[str, ArmState]:
+        """Every binding whose alerts are not both armed (a missing binding is armed)."""
+
+        def fn(conn: sqlite3.Connection) -> dict[str, ArmState]:
+            return {
+                b: ArmState(bool(low), bool(out))
+                for b, low, out in conn.execute("SELECT binding_id, low_armed, out_armed FROM alert_state")
+            }
+
+        return await self._read(fn)
+
+    async def save_arm_state(self, binding_id: str, state: ArmState) -> None:
+        await self._write(lambda conn: _save_arm(conn, binding_id, state, self._clock()))
+
+    async def record_alert(self, alert: Alert, *, arm: ArmState | None = None) -> bool:
+        """Record an alert to be emailed, with the arm state that fired it, atomically.
+
+        Returns False, and records nothing (not even ``arm``), when an alert
+        with the same key exists: an oversell is alerted once per conflict.
+        """
+        payload = _encode.encode(alert)
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "INSERT INTO alerts (key, kind, binding_id, payload, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING RETURNING id",
+                (alert.key, alert.kind, alert.binding_id, payload, self._clock()),
+            ).fetchone()
+            if row is None:
+                return False
+            if arm is not None:
+                _save_arm(conn, alert.binding_id, arm, self._clock())
+            return True
+
+        return await self._write(fn)
+
+    async def pending_alerts(self) -> list[Alert]:
+        """Alerts recorded but not yet put in an email (digest interrupted by a restart), oldest first."""
+
+        def fn(conn: sqlite3.Connection) -> list[Alert]:
+            return [
+                _alert_decoder.decode(bytes(p))
+                for (p,) in conn.execute("SELECT payload FROM alerts WHERE email_id IS NULL ORDER BY id")
+            ]
+
+        return await self._read(fn)
+
+    async def queue_email(self, email: Email, recipients: Sequence[str], *, delivered: bool = False) -> OutboxEmail:
+        """Put an email in the outbox and tie its alerts to it, atomically, before anything is sent.
+
+        ``delivered=True`` records an email that will not be mailed (no
+        recipients configured: the alert was only logged) as already sent.
+        """
+        to = tuple(recipients)
+
+        def fn(conn: sqlite3.Connection) -> OutboxEmail:
+            now = self._clock()
+            sent_at = now if delivered else None
+            (email_id,) = conn.execute(
+                "INSERT INTO outbox (kind, subject, body, recipients, created_at, sent_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (email.kind, email.subject, email.body, _encode.encode(list(to)).decode(), now, sent_at),
+            ).fetchone()
+            for chunk in _chunks(list(email.keys)):
+                conn.execute(
+                    f"UPDATE alerts SET email_id = ? WHERE email_id IS NULL AND key IN ({_placeholders(len(chunk))})",
+                    (email_id, *chunk),
+                )
+            return OutboxEmail(id=int(email_id), kind=email.kind, subject=email.subject, body=email.body,
+                               recipients=to, created_at=now, sent_at=sent_at)
+
+        return await self._write(fn)
+
+    async def unsent_emails(self) -> list[OutboxEmail]:
+        """The outbox: emails not accepted by the mail server yet, oldest first (re-sent after a restart)."""
+        return await self._read(lambda conn: _outbox(conn, "WHERE sent_at IS NULL"))
+
+    async def list_emails(self, *, limit: int = 100) -> list[OutboxEmail]:
+        """The newest outbox emails, sent or not, newest first (status and tests)."""
+        return await self._read(lambda conn: _outbox(conn, "", order="DESC", limit=limit))
+
+    async def mark_email_sent(self, email_id: int) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ? AND sent_at IS NULL",
+                (self._clock(), email_id),
+            )
+        )
+
+    async def mark_email_failed(self, email_id: int, error: str) -> None:
+        """Count a failed attempt; the email stays in the outbox."""
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ? AND sent_at IS NULL",
+                (error[:500], email_id),
+            )
+        )
+
+    async def recent_emails(self, since: float) -> list[tuple[str, float]]:
+        """``(kind, created_at)`` of emails created since ``since``: the rate limit survives a restart."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+            return [
+                (str(k), float(t))
+                for k, t in conn.execute(
+                    "SELECT kind, created_at FROM outbox WHERE created_at >= ? ORDER BY id", (since,)
+                )
+            ]
+
+        return await self._read(fn)
+
+    async def alert_thresholds(self) -> dict[str, int]:
+        """Run-time per-SKU thresholds (they win over the config's)."""
+
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            return {str(s): int(t) for s, t in conn.execute("SELECT sku, threshold FROM alert_thresholds")}
+
+        return await self._read(fn)
+
+    async def set_alert_threshold(self, sku: str, threshold: int | None) -> None:
+        """Set a run-time threshold for a SKU; ``None`` removes it (the config's applies again)."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if threshold is None:
+                conn.execute("DELETE FROM alert_thresholds WHERE sku = ?", (sku,))
+            else:
+                conn.execute(
+                    "INSERT INTO alert_thresholds (sku, threshold, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (sku) DO UPDATE SET threshold = excluded.threshold, updated_at = excluded.updated_at",
+                    (sku, threshold, self._clock()),
+                )
+
+        await self._write(fn)
+
+    async def last_sync_error(self, binding_id: str) -> str | None:
+        """The error of the newest ``error`` row of a binding's sync log (for a sync-failure alert)."""
+
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT error FROM sync_log WHERE binding_id = ? AND level = 'error' ORDER BY id DESC LIMIT 1",
+                (binding_id,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(fn)
+
+
+def _save_arm(conn: sqlite3.Connection, binding_id: str, state: ArmState, now: float) -> None:
+    if state == ArmState():
+        conn.execute("DELETE FROM alert_state WHERE binding_id = ?", (binding_id,))  # armed is the default
+        return
+    conn.execute(
+        "INSERT INTO alert_state (binding_id, low_armed, out_armed, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (binding_id) DO UPDATE SET low_armed = excluded.low_armed, out_armed = excluded.out_armed, "
+        "updated_at = excluded.updated_at",
+        (binding_id, int(state.low_armed), int(state.out_armed), now),
+    )
+
+
+def _outbox(conn: sqlite3.Connection, where: str, *, order: str = "ASC", limit: int = -1) -> list[OutboxEmail]:
+    return [
+        OutboxEmail(id=r[0], kind=r[1], subject=r[2], body=r[3], recipients=tuple(_str_list.decode(r[4])),
+                    created_at=r[5], attempts=r[6], last_error=r[7], sent_at=r[8])
+        for r in conn.execute(
+            "SELECT id, kind, subject, body, recipients, created_at, attempts, last_error, sent_at "
+            f"FROM outbox {where} ORDER BY id {order} LIMIT ?",
+            (limit,),
+        )
+    ]

@@ -408,8 +408,8 @@ class WooClient:
     async def changed_items(self, *, modified_after: str) -> tuple[dict[WooRef, str], str]:
         """Like ``changed_refs``, with a change stamp per ref so a poller can skip what it already saw.
 
-        The stamp is ``date_modified_gmt|stock_quantity``: the date alone has a
-        1-second resolution, so two sales in one second would share it.
+        The stamp is ``date_modified_gmt|status|stock_quantity``: the date alone
+        has a 1-second resolution, so two sales in one second would share it.
         """
         params = {"modified_after": _shift_cursor(modified_after, -1), "dates_are_gmt": "true",
                   "orderby": "modified", "order": "asc"}
@@ -419,13 +419,15 @@ class WooClient:
         variable: list[int] = []
         for p in products:
             modified = str(p.get("date_modified_gmt") or "")
-            items[WooRef(int(p["id"]))] = f"{modified}|{p.get('stock_quantity')}"
+            items[WooRef(int(p["id"]))] = f"{modified}|{p.get('status')}|{p.get('stock_quantity')}"
             if p.get("type") == "variable":
                 variable.append(int(p["id"]))
             newest = max(newest, modified)
         for v in await self._variations(variable, params):
             modified = str(v.get("date_modified_gmt") or "")
-            items[WooRef(int(v.get("parent_id") or 0), int(v["id"]))] = f"{modified}|{v.get('stock_quantity')}"
+            items[WooRef(int(v.get("parent_id") or 0), int(v["id"]))] = (
+                f"{modified}|{v.get('status')}|{v.get('stock_quantity')}"
+            )
             newest = max(newest, modified)
         return items, newest
 

@@ -35,7 +35,17 @@ against the real Clover, so the sim does it too):
   Clover promises nothing.
 - Everything the tests and benchmarks need to *prove* something is counted:
   requests per merchant and endpoint, 429s, the highest arrival rate over
-  any one-second window and the highest concurrency, per token and per app.
+  any one-second window and the highest concurrency, per token and per app;
+  and every ``POST item_stocks/{id}`` that replaced a change made after the
+  last ``GET item_stocks/{id}`` of that item (``stock_overwrites``): the
+  read-then-write race that Clover's absolute writes leave open.
+
+- OAuth v2 (§4.2; the ``OAuthSim`` block at the end of this module, reached
+  as ``CloverSim.oauth``): ``/oauth/v2/authorize``, ``/oauth/v2/token`` and
+  ``/oauth/v2/refresh`` issue expiring access tokens and single-use refresh
+  tokens, with a cap on active refresh tokens per merchant; an expired
+  access token is 401 like any unknown one. A permission the merchant did not
+  grant is 401 too (Clover does not answer 403).
 
 Simulation actions (``add_item``, ``pos_sale``, ``refund``, ``adjust``,
 ``delete_item``, ``stock``) are plain methods; the same actions are served
@@ -56,6 +66,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -163,6 +174,22 @@ class LimitStats(msgspec.Struct, frozen=True):
     max_rate_1s: int  # most arrivals within any one-second window
 
 
+class StockOverwrite(msgspec.Struct, frozen=True):
+    """An absolute stock write that replaced what changed since the item's stock was last read.
+
+    ``lost`` is that change in units (a sale inside the read-to-write window: negative), gone from
+    Clover's count because the write was computed from the older read.
+    """
+
+    merchant_id: str
+    item_id: str
+    read: float  # what the last GET item_stocks/{id} answered
+    replaced: float  # what the item held when the write landed
+    written: float
+    lost: float
+    window: float  # seconds from that read to this write (trio clock)
+
+
 class WebhookAttempt(msgspec.Struct, frozen=True):
     """One webhook the sim sent, or meant to send."""
 
@@ -229,7 +256,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _num(text: str) -> str:
-    return str(int(text)) if float(text).is_integer() else text
+    return str(int(float(text))) if float(text).is_integer() else text  # "16.0" -> "16"
 
 
 class _BadRequest(Exception):
@@ -346,12 +373,16 @@ class CloverSim:
         self._scopes: dict[str, _Scope] = collections.defaultdict(_Scope)  # token -> scope
         self._app_scope = _Scope()
         self.webhook_log: list[WebhookAttempt] = []
+        self.stock_overwrites: list[StockOverwrite] = []
+        self.stock_write_windows: list[float] = []  # read-to-write seconds of every write that followed a read
+        self._stock_reads: dict[tuple[str, str], tuple[float, float]] = {}  # (mId, item) -> (last GET answer, when)
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._wake = trio.Event()
         self._deliveries_in_flight = 0
         self._stop = trio.Event()
         self._last_ms = 0
         self.base_url: str | None = None
+        self.oauth = OAuthSim(self)  # OAuth v2 endpoints and expiring tokens (block at the end)
         self.app = self._build_app()
 
     @property
@@ -702,9 +733,11 @@ class CloverSim:
                      kwargs: dict[str, Any]) -> Response:
         self.counts[(mid, f"{request.method} {endpoint}")] += 1
         token = _bearer(request.headers.get("Authorization"))
-        owner = self._tokens.get(token) if token is not None else None
+        owner = (self._tokens.get(token) or self.oauth.owner(token)) if token is not None else None
         m = self.merchants.get(mid)
         if m is None or owner is None or not hmac.compare_digest(owner, mid):
+            return _error(401, "Unauthorized")
+        if not self.oauth.permitted(mid, request.method, endpoint):
             return _error(401, "Unauthorized")
         assert token is not None
         scope = self._scopes[token]
@@ -801,6 +834,7 @@ class CloverSim:
             if request.method == "GET":
                 if it.quantity is None:
                     return _error(404, f"No item stock for item {item_id}")
+                sim._stock_reads[(m.id, it.id)] = (it.quantity, trio.current_time())
                 return _json(sim._stock_json(it))
             try:
                 body = msgspec.json.decode(await request.get_data())
@@ -809,6 +843,13 @@ class CloverSim:
                     raise TypeError
             except (msgspec.DecodeError, KeyError, TypeError):
                 return _error(400, "Body must be JSON with a numeric quantity")
+            last_read = sim._stock_reads.pop((m.id, it.id), None)
+            if last_read is not None:
+                read, window = last_read[0], trio.current_time() - last_read[1]
+                sim.stock_write_windows.append(window)
+                if it.quantity is not None and it.quantity != read:
+                    sim.stock_overwrites.append(StockOverwrite(m.id, it.id, read, it.quantity, float(quantity),
+                                                               it.quantity - read, window))
             sim._set_quantity(m, it, float(quantity))
             if sim.emit_on_api_write:
                 sim._emit(m.id, "I", it.id, "UPDATE")
@@ -850,6 +891,7 @@ class CloverSim:
             return _json({"elements": page, "href": sim._href()})
 
         self._add_admin_routes(app)
+        self.oauth.add_routes(app)
         return app
 
     def _href(self) -> str:
@@ -1033,3 +1075,213 @@ class CloverSim:
                 "app": msgspec.to_builtins(sim.app_stats()),
                 "webhooks": collections.Counter(a.outcome for a in sim.webhook_log),
             }
+
+
+# ==========================================================================
+# OAuth v2: expiring access tokens, single-use refresh tokens (clover-api.md §4.2)
+#
+# Everything below was added for issue 8 and is reached from CloverSim only
+# through ``self.oauth`` (token lookup and permissions in ``_guard``, routes in
+# ``_build_app``). Static merchant tokens (``add_merchant(token=...)``) keep
+# working unchanged.
+
+
+@dataclass
+class OAuthSettings:
+    """The app's OAuth credentials and the token lifetimes; mutable so tests can change them at run time.
+
+    Clover says lifetimes are dynamic and not to be hard-coded: the defaults
+    are plausible values, not documented ones.
+    """
+
+    client_secret: str = ""
+    access_ttl: float = 1800.0
+    refresh_ttl: float = 30 * 86400.0
+    code_ttl: float = 600.0
+    refresh_cap: int = 5  # active refresh tokens per merchant-app; more invalidate the oldest (number undocumented)
+    revoke_access_on_refresh: bool = False  # undocumented either way; False keeps the old access token until expiry
+    refresh_answer_delay: float = 0.0  # seconds between a refresh taking effect and its answer (lost-answer tests)
+    clock: Callable[[], float] = time.time  # unix seconds; tests inject a fake one to expire tokens
+
+
+@dataclass
+class _Issued:
+    merchant_id: str
+    expires_at: float
+    seq: int = 0
+
+
+class OAuthSim:
+    """The OAuth side of one simulated Clover app.
+
+    Simulation actions: ``code_for`` (the merchant approves the app),
+    ``issue`` (a pair without the code dance), ``expire_access`` (the access
+    tokens of a merchant expire now), ``revoke`` (the merchant uninstalls the
+    app: every token of that merchant dies), ``deny`` (a permission the
+    merchant did not grant, e.g. ``"INVENTORY_R"``).
+    """
+
+    def __init__(self, sim: CloverSim) -> None:
+        self.sim = sim
+        secret = str(uuid.UUID(int=random.Random("secret:" + sim.app_id).getrandbits(128)))
+        self.settings = OAuthSettings(client_secret=secret)
+        self.codes: dict[str, _Issued] = {}
+        self.access: dict[str, _Issued] = {}
+        self.refresh: dict[str, _Issued] = {}  # active refresh tokens only; a used one is gone
+        self.used_refresh: set[str] = set()
+        self.denied: dict[str, set[str]] = collections.defaultdict(set)
+        self.calls: collections.Counter[str] = collections.Counter()  # "token", "refresh", "refresh_rejected", ...
+        self._seq = 0
+        self._rng = random.Random(sim.rng.getrandbits(64))
+
+    @property
+    def client_id(self) -> str:
+        return self.sim.app_id
+
+    def _now(self) -> float:
+        return self.settings.clock()
+
+    def _token(self, prefix: str) -> str:
+        return f"{prefix}-{uuid.UUID(int=self._rng.getrandbits(128))}"
+
+    # ------------------------------------------------------------ lookups (from CloverSim._guard)
+
+    def owner(self, token: str) -> str | None:
+        """The merchant an OAuth access token belongs to, if it is known and not expired."""
+        issued = self.access.get(token)
+        if issued is None or self._now() >= issued.expires_at:
+            return None
+        return issued.merchant_id
+
+    @staticmethod
+    def permission_for(method: str, endpoint: str) -> str:
+        area = "MERCHANT"
+        if endpoint.startswith(("items", "item_stocks", "item_groups")):
+            area = "INVENTORY"
+        elif endpoint.startswith("orders"):
+            area = "ORDERS"
+        return f"{area}_{'R' if method in ('GET', 'HEAD') else 'W'}"
+
+    def permitted(self, merchant_id: str, method: str, endpoint: str) -> bool:
+        denied = self.denied.get(merchant_id)
+        return not denied or self.permission_for(method, endpoint) not in denied
+
+    # ------------------------------------------------------------ simulation actions
+
+    def code_for(self, merchant_id: str) -> str:
+        """The merchant approved the app: a one-time code, as Clover appends to the redirect."""
+        self.sim._merchant(merchant_id)
+        code = self._token("code")
+        self.codes[code] = _Issued(merchant_id, self._now() + self.settings.code_ttl)
+        return code
+
+    def issue(self, merchant_id: str, *, with_refresh: bool = True) -> dict[str, Any]:
+        """A new pair for the merchant (what a successful code exchange or refresh answers)."""
+        s = self.settings
+        now = self._now()
+        access = self._token("acc")
+        self.access[access] = _Issued(merchant_id, now + s.access_ttl)
+        body: dict[str, Any] = {"access_token": access, "access_token_expiration": int(now + s.access_ttl)}
+        if with_refresh:
+            refresh = self._token("ref")
+            self._seq += 1
+            self.refresh[refresh] = _Issued(merchant_id, now + s.refresh_ttl, self._seq)
+            body |= {"refresh_token": refresh, "refresh_token_expiration": int(now + s.refresh_ttl)}
+            mine = sorted((i.seq, t) for t, i in self.refresh.items() if i.merchant_id == merchant_id)
+            for _, old in mine[: max(0, len(mine) - s.refresh_cap)]:
+                del self.refresh[old]  # over the cap: the oldest stop working
+        return body
+
+    def expire_access(self, merchant_id: str) -> None:
+        for issued in self.access.values():
+            if issued.merchant_id == merchant_id:
+                issued.expires_at = min(issued.expires_at, self._now() - 1)
+
+    def revoke(self, merchant_id: str) -> None:
+        for table in (self.access, self.refresh, self.codes):
+            for t in [t for t, i in table.items() if i.merchant_id == merchant_id]:
+                del table[t]
+
+    def deny(self, merchant_id: str, permission: str) -> None:
+        self.denied[merchant_id].add(permission)
+
+    def active_refresh_tokens(self, merchant_id: str) -> int:
+        return sum(1 for i in self.refresh.values() if i.merchant_id == merchant_id)
+
+    # ------------------------------------------------------------ HTTP
+
+    def add_routes(self, app: QuartTrio) -> None:
+        oauth = self
+
+        async def body() -> dict[str, Any]:
+            try:
+                data = msgspec.json.decode(await request.get_data())
+            except msgspec.DecodeError:
+                return {}
+            return data if isinstance(data, dict) else {}
+
+        @app.route("/oauth/v2/authorize", methods=["GET"])
+        async def authorize() -> Response:
+            """No login page: the simulated merchant approves at once (named by merchant_id, or the only one)."""
+            args = request.args
+            if args.get("client_id") != oauth.client_id:
+                return _error(400, "Unknown client_id")
+            mid = args.get("merchant_id") or ""
+            if not mid and len(oauth.sim.merchants) == 1:
+                mid = next(iter(oauth.sim.merchants))
+            if mid not in oauth.sim.merchants:
+                return _error(400, "Unknown merchant (pass merchant_id)")
+            code = oauth.code_for(mid)
+            answer = {"merchant_id": mid, "client_id": oauth.client_id, "code": code}
+            redirect = args.get("redirect_uri")
+            if redirect:
+                if args.get("state"):
+                    answer["state"] = args["state"]
+                sep = "&" if "?" in redirect else "?"
+                return Response("", status=302,
+                                headers={"Location": redirect + sep + urlencode(answer)})
+            return _json(answer)
+
+        @app.route("/oauth/v2/token", methods=["POST"])
+        async def token() -> Response:
+            oauth.calls["token"] += 1
+            status = await oauth.sim.injector.before_request()
+            if status is not None:
+                return _error(status, "Service Unavailable")
+            b = await body()
+            if b.get("client_id") != oauth.client_id or not hmac.compare_digest(
+                    str(b.get("client_secret", "")), oauth.settings.client_secret):
+                return _error(401, "Invalid client credentials")
+            issued = oauth.codes.pop(str(b.get("code", "")), None)  # one use, right or wrong
+            if issued is None or oauth._now() >= issued.expires_at:
+                return _error(400, "Invalid or expired code")
+            no_refresh = request.args.get("no_refresh_token", "").lower() == "true"
+            return _json(oauth.issue(issued.merchant_id, with_refresh=not no_refresh))
+
+        @app.route("/oauth/v2/refresh", methods=["POST"])
+        async def refresh() -> Response:
+            oauth.calls["refresh"] += 1
+            status = await oauth.sim.injector.before_request()
+            if status is not None:
+                return _error(status, "Service Unavailable")
+            b = await body()
+            if b.get("client_id") != oauth.client_id:
+                return _error(401, "Invalid client_id")
+            old = str(b.get("refresh_token", ""))
+            issued = oauth.refresh.pop(old, None)
+            if issued is None or oauth._now() >= issued.expires_at:
+                oauth.calls["refresh_rejected"] += 1
+                return _error(401, "Invalid refresh token")
+            oauth.used_refresh.add(old)
+            if oauth.settings.revoke_access_on_refresh:
+                for t in [t for t, i in oauth.access.items() if i.merchant_id == issued.merchant_id]:
+                    del oauth.access[t]
+            answer = oauth.issue(issued.merchant_id)
+            if oauth.settings.refresh_answer_delay > 0:  # it took effect; the answer is still on its way
+                await trio.sleep(oauth.settings.refresh_answer_delay)
+            return _json(answer)
+
+        @app.route("/_sim/oauth_app", methods=["GET"])
+        async def oauth_app() -> Response:
+            """The simulated app's App ID and App Secret, for trying `cloverwoo clover connect` by hand."""
+            return _json({"client_id": oauth.client_id, "client_secret": oauth.settings.client_secret})

@@ -72,7 +72,7 @@ class World:
         """Point both simulators' webhooks at a running daemon (as an admin would in the dashboards)."""
         self.clover.set_webhook_url(daemon_url.rstrip("/") + "/webhooks/clover")
         async with httpx.AsyncClient(auth=(self.woo.consumer_key, self.woo.consumer_secret)) as client:
-            for topic in ("product.updated", "order.created", "order.updated"):
+            for topic in ("product.updated", "product.deleted", "order.created", "order.updated"):
                 r = await client.post(self.woo.api_url + "/webhooks", json={
                     "name": f"cloverwoo {topic}", "topic": topic,
                     "delivery_url": daemon_url.rstrip("/") + "/webhooks/woocommerce", "secret": self.webhook_secret,

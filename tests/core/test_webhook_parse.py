@@ -146,7 +146,8 @@ def test_woo_variation_update() -> None:
     parsed = parse_woo(enc(WOO_VARIATION), "product.updated")
     assert parsed == WooDelivery(
         key='["woo","product.updated",734,"2025-01-10T14:03:22",7]',
-        change=WooChange("product.updated", 734, parent_id=733, date_modified_gmt="2025-01-10T14:03:22"),
+        change=WooChange("product.updated", 734, parent_id=733, date_modified_gmt="2025-01-10T14:03:22",
+                         stock_quantity=7),
     )
 
 

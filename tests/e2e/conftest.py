@@ -56,8 +56,7 @@ async def running_env(tmp_path: Path, **world_kw: Any) -> AsyncIterator[Env]:
         )
         await world.connect(running.webhook_url)
         env = Env(world, running, nursery)
-        catalogue = running.admin.catalogue  # type: ignore[attr-defined]
-        await catalogue.refreshed.wait()
+        await running.admin.jobs.refreshed.wait()
         await settle(env)
         try:
             yield env

@@ -237,7 +237,7 @@ async def test_429_with_retry_after_is_honoured_and_logged(sim, make_client):
 
 async def test_concurrency_429_blocks_the_token_gate(sim, make_client):
     sim.limits = RateLimits(token_concurrent=2)
-    sim.faults.latency = 0.05
+    sim.faults.latency = 0.2  # several pacing intervals (1/13 s): more than two requests overlap
     ids = [sim.add_item(MID, f"Item {n}", quantity=0) for n in range(6)]
     c = make_client(backoff=Backoff(base=0.05, cap=0.5, max_attempts=10))
     with capture_logs() as logs:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from cloverwoo_daemon.core.alerts import Alert, AlertKind, ArmState, Email
 from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow, WooRef
 from cloverwoo_daemon.io.store import (
     MIGRATIONS,
@@ -448,6 +449,63 @@ async def test_kv(tmp_path: Path) -> None:
     async with running(db) as store:
         assert await store.get_kv("woo_cursor") == "2024-01-02T00:00:00"
         assert store.statistics().db_size_bytes > 0
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def _alert(key: str, kind: AlertKind = "low_stock", bid: str = "woo:1:0") -> Alert:
+    return Alert(kind=kind, key=key, binding_id=bid, sku="MUG", name="Blue mug", stock=3, threshold=5,
+                 locations={"downtown": 3}, at=1.0)
+
+
+async def test_alert_state_thresholds_and_outbox_survive_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "s.sqlite3"
+    clock = Clock()
+    async with running(db, clock=clock) as store:
+        assert await store.load_arm_states() == {}
+        # an alert lands with the arm state that fired it; its key makes it once only
+        assert await store.record_alert(_alert("low_stock:woo:1:0:1"), arm=ArmState(low_armed=False))
+        assert not await store.record_alert(_alert("low_stock:woo:1:0:1"), arm=ArmState(out_armed=False))
+        assert await store.record_alert(_alert("conflict:7", kind="oversell"))
+        assert not await store.record_alert(_alert("conflict:7", kind="oversell"))
+        await store.save_arm_state("woo:2:0", ArmState(False, False))
+        await store.save_arm_state("woo:3:0", ArmState(False, True))
+        await store.save_arm_state("woo:3:0", ArmState())  # back to armed: nothing kept
+        await store.set_alert_threshold("MUG", 9)
+        await store.set_alert_threshold("TEE", 2)
+        await store.set_alert_threshold("TEE", None)
+        email = Email("low_stock", "Low stock: Blue mug", "body", ("low_stock:woo:1:0:1",))
+        queued = await store.queue_email(email, ["owner@shop.example"])
+        assert (queued.id, queued.recipients, queued.sent_at) == (1, ("owner@shop.example",), None)
+        clock.now += 10
+        await store.mark_email_failed(queued.id, "refused")
+        logged = await store.queue_email(Email("oversell", "s", "b", ("conflict:7",)), [], delivered=True)
+        assert logged.sent_at == clock.now
+    async with running(db, clock=clock) as store:
+        assert await store.load_arm_states() == {"woo:1:0": ArmState(False, True), "woo:2:0": ArmState(False, False)}
+        assert await store.alert_thresholds() == {"MUG": 9}
+        assert await store.pending_alerts() == []  # both are in an email
+        (unsent,) = await store.unsent_emails()
+        assert (unsent.id, unsent.attempts, unsent.last_error, unsent.subject) == (1, 1, "refused",
+                                                                                   "Low stock: Blue mug")
+        assert await store.recent_emails(clock.now - 5) == [("oversell", clock.now)]
+        await store.mark_email_sent(unsent.id)
+        assert await store.unsent_emails() == []
+        assert [e.id for e in await store.list_emails()] == [2, 1]
+        assert await store.record_alert(_alert("low_stock:woo:1:0:2"))
+        assert [a.key for a in await store.pending_alerts()] == ["low_stock:woo:1:0:2"]
+
+
+async def test_last_sync_error(tmp_path: Path) -> None:
+    async with running(tmp_path / "s.sqlite3") as store:
+        assert await store.last_sync_error("woo:1:0") is None
+        await store.append_log([
+            SyncLogRow(ts=1.0, level="error", event="merge_failed", binding_id="woo:1:0", error="first"),
+            SyncLogRow(ts=2.0, level="error", event="merge_failed", binding_id="woo:1:0", error="second"),
+            SyncLogRow(ts=3.0, level="info", event="merge", binding_id="woo:1:0"),
+        ])
+        assert await store.last_sync_error("woo:1:0") == "second"
 
 
 # ------------------------------------------------------------------ crash safety

@@ -105,7 +105,8 @@ async def test_valid_deliveries_are_stored_then_acknowledged() -> None:
         assert events == [
             CloverChange("M1", "I", "ITEM1", "UPDATE", 1711111111000),
             CloverChange("M1", "O", "ORD1", "CREATE", 1711111111001),
-            WooChange("product.updated", 734, parent_id=733, date_modified_gmt="2025-01-10T14:03:22"),
+            WooChange("product.updated", 734, parent_id=733, date_modified_gmt="2025-01-10T14:03:22",
+                      stock_quantity=7),
             WooChange("order.created", 90, refs=(WooRef(5, 0),)),
         ]
         assert h.intake.items[0][0] == '["clover","M1","I:ITEM1","UPDATE",1711111111000]'

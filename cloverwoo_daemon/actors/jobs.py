@@ -1,0 +1,477 @@
+"""Catalogue jobs: initial sync, `sync import` / `sync push`, and reconciliation.
+
+All of them start the same way: read both catalogues in pages (Clover
+``items?expand=itemStock&limit=1000`` per location, Woo products and
+variations 100 a page), match them (``core.matching``) and hand binding
+changes to the shards. Then:
+
+- **initial** (at start and every refresh): bindings never synced are
+  recounted from those list reads, the configured ``source_of_truth`` being
+  right;
+- **import** / **push**: *every* tracked binding is recounted, Clover /
+  WooCommerce being right; ``--dry-run`` computes the same plans with the pure
+  core and reports the diff, writing nothing;
+- **reconcile**: each binding's list reads are compared with its bases by the
+  pure merge; where a side moved and no trigger said so (a lost webhook, a
+  missed poll, another app writing), the binding is marked dirty and merged
+  from fresh reads. ``full`` skips the comparison and merges everything.
+
+Rules:
+
+- Writes go through the shards (``Initialise``), so per-binding serialisation,
+  write intents, version markers and batching are the same as for real-time
+  sync; a recount costs no per-item read (list reads are safe bases, see
+  ``messages.Initialise``), only the batched writes.
+- A running import/push is saved in the store (``job.current``); after a
+  restart it runs again from fresh lists, and every binding it had already
+  finished recounts to "nothing to write": it resumes, it does not redo.
+- One job at a time; a request while one runs is refused with its status.
+- A failed catalogue read fails the job and changes nothing: a partial list
+  would look like deleted products.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
+from cloverwoo_daemon.core import matching
+from cloverwoo_daemon.core import merge as core_merge
+from cloverwoo_daemon.core.backoff import Backoff
+from cloverwoo_daemon.core.model import Binding, CloverItem, WooItem, WooRef
+from cloverwoo_daemon.messages import CatalogueUpdate, Initialise, MarkDirty, ShardCommand
+from cloverwoo_daemon.ports import CloverPort, RemoteError, StorePort, WooPort
+
+log = structlog.get_logger("cloverwoo.jobs")
+
+JOB_KEY = "job.current"
+DIFF_ROWS = 2000  # a dry run lists at most this many differing bindings (the counts are always complete)
+
+
+class JobStatus(msgspec.Struct, kw_only=True):
+    """What `cloverwoo sync` / `reconcile` show and what is persisted while a job runs."""
+
+    id: str
+    kind: str  # initial | import | push | reconcile | full
+    truth: str = ""
+    dry_run: bool = False
+    state: str = "reading"  # reading | applying | done | failed
+    total: int = 0
+    done: int = 0
+    writes_planned: int = 0
+    started_at: float = 0.0
+    finished_at: float | None = None
+    resumed: bool = False
+    report: dict[str, Any] = msgspec.field(default_factory=dict)
+    diff: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Snapshot:
+    """Both catalogues as listed, indexed for the comparisons."""
+
+    clover: dict[str, dict[str, CloverItem]]  # location -> item id -> item
+    woo: dict[WooRef, WooItem]
+    report: dict[str, Any]
+
+    def reads(self, b: Binding, locations: tuple[str, ...]) -> core_merge.Reads:
+        w = self.woo.get(b.woo)
+        clover: dict[str, int | None] = {}
+        for loc in locations:
+            item_id = b.clover_items.get(loc)
+            if item_id is not None:
+                it = self.clover.get(loc, {}).get(item_id)
+                clover[loc] = it.quantity if it is not None else None
+        return core_merge.Reads(woo=w.quantity if w is not None and w.manage_stock else None, clover=clover)
+
+
+class JobBusy(Exception):
+    """Another job is running."""
+
+
+@dataclass
+class JobRunner:
+    store: StorePort
+    woo: WooPort
+    clovers: dict[str, CloverPort]  # active locations
+    table: BindingTable
+    shards: list[trio.MemorySendChannel[ShardCommand]]
+    merge_config: core_merge.MergeConfig
+    is_busy: Callable[[str], bool] = lambda bid: False  # a trigger is already queued or running for it
+    on_drift: Callable[[int, int], None] = lambda drifted, total: None  # alerts hook
+    refresh_every: float | None = 600.0
+    reconcile_every: float | None = None
+    full_every: float | None = 7 * 86400.0
+    current: JobStatus | None = None
+    last: dict[str, JobStatus] = field(default_factory=dict)  # kind -> last finished
+    report: dict[str, Any] = field(default_factory=dict)  # last match report
+    refreshed: trio.Event = field(default_factory=trio.Event)
+    retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=60.0, max_attempts=1_000_000))
+    _lock: trio.Lock = field(default_factory=trio.Lock)
+    _waiting: dict[str, set[str]] = field(default_factory=dict)  # job id -> bindings not yet recounted
+    _progress: trio.Event = field(default_factory=trio.Event)
+    _expected: dict[str, Binding] = field(default_factory=dict)  # catalogue updates sent, not yet applied
+    _nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ scheduling
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._schedule()
+
+    def start(self, kind: str, *, truth: str = "", dry_run: bool = False) -> None:
+        """Run a job in the background (it outlives the admin connection that asked for it)."""
+        if self._lock.locked():
+            raise JobBusy(f"a {self.current.kind if self.current else 'catalogue'} job is running; "
+                          "see `cloverwoo status`")
+        if self._nursery is None:
+            raise JobBusy("the job runner is not running yet")
+
+        async def job() -> None:
+            try:
+                if kind == "sync":
+                    await self.sync(truth, dry_run=dry_run)
+                else:
+                    await self.reconcile(dry_run=dry_run, full=kind == "full")
+            except (RemoteError, JobBusy) as exc:
+                log.warning("job_failed", kind=kind, error=str(exc)[:300])
+
+        self._nursery.start_soon(job)
+
+    async def _schedule(self) -> None:
+        saved = await self.store.get_kv(JOB_KEY)
+        attempt = 0
+        while True:
+            try:
+                await self.initial()
+                break
+            except RemoteError as exc:
+                attempt += 1
+                log.warning("catalogue_read_failed", error=str(exc)[:300], attempt=attempt)
+                await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
+        if saved:
+            prev = msgspec.json.decode(saved, type=JobStatus)
+            if prev.state not in ("done", "failed") and prev.kind in ("import", "push") and not prev.dry_run:
+                log.info("job_resuming", job=prev.id, kind=prev.kind, done=prev.done, total=prev.total)
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._resume, prev)
+        async with trio.open_nursery() as n:
+            n.start_soon(self._every, self.reconcile_every, "reconcile")
+            n.start_soon(self._every, self.full_every, "full")
+            if not self.reconcile_every:
+                n.start_soon(self._every, self.refresh_every, "initial")
+
+    async def _resume(self, prev: JobStatus) -> None:
+        try:
+            await self.sync(prev.truth, dry_run=False, resumed_from=prev)
+        except (RemoteError, JobBusy) as exc:
+            log.warning("job_resume_failed", job=prev.id, error=str(exc)[:300])
+
+    async def _every(self, every: float | None, kind: str) -> None:
+        if not every:
+            return
+        while True:
+            await trio.sleep(every)
+            try:
+                if kind == "reconcile":
+                    await self.reconcile(dry_run=False, full=False)
+                elif kind == "full":
+                    await self.reconcile(dry_run=False, full=True)
+                else:
+                    await self.initial()
+            except (RemoteError, JobBusy) as exc:
+                log.warning("scheduled_job_skipped", kind=kind, error=str(exc)[:300])
+
+    # ---------------------------------------------------------------- reading
+
+    async def snapshot(self) -> Snapshot:
+        """Read both catalogues, match, and send binding changes to the shards."""
+        clover_lists: dict[str, list[CloverItem]] = {}
+
+        async def read(loc: str, client: CloverPort) -> None:
+            clover_lists[loc] = await client.list_items()
+
+        woo_list: list[WooItem] = []
+
+        async def read_woo() -> None:
+            woo_list.extend(await self.woo.list_items())
+
+        async with trio.open_nursery() as n:
+            for loc, client in self.clovers.items():
+                n.start_soon(read, loc, client)
+            n.start_soon(read_woo)
+        report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary)
+        put, removed = matching.reconcile_bindings(self.table.all(), report)
+        nshards = len(self.shards)
+        changed = 0
+        for b in put:
+            current = self.table.get(b.binding_id)
+            if current is not None and _same_catalogue(current, b):
+                continue
+            changed += 1
+            await self.shards[shard_of(b.binding_id, nshards)].send(CatalogueUpdate(b.binding_id, b, "catalogue"))
+        for b, reason in removed:
+            await self.shards[shard_of(b.binding_id, nshards)].send(CatalogueUpdate(b.binding_id, None, reason))
+        summary = _summary(report, changed=changed, removed=len(removed))
+        self.report = summary
+        log.info("catalogue_read", **{k: v for k, v in summary.items() if isinstance(v, int)})
+        snap = Snapshot(
+            clover={loc: {i.item_id: i for i in items} for loc, items in clover_lists.items()},
+            woo={w.ref: w for w in woo_list},
+            report=summary,
+        )
+        self._expected = {b.binding_id: b for b in put}
+        return snap
+
+    def _bindings_after(self, snap: Snapshot) -> list[Binding]:
+        """The bindings as they will be once the shards applied this snapshot's catalogue updates."""
+        merged = {b.binding_id: b for b in self.table.all()}
+        merged.update(self._expected)
+        return sorted(merged.values(), key=lambda b: b.binding_id)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def initial(self) -> JobStatus:
+        """Read the catalogues and recount every binding never synced, by the configured truth."""
+        async with self._lock:
+            status = self._start("initial", self.merge_config.source_of_truth, False)
+            try:
+                snap = await self.snapshot()
+                status.report = snap.report
+                todo = [b for b in self._bindings_after(snap) if _never_synced(b, self.merge_config.locations)]
+                await self._recount(status, snap, todo)
+                return self._finish(status)
+            except BaseException as exc:
+                self._fail(status, exc)
+                raise
+            finally:
+                self.refreshed.set()
+
+    async def sync(self, truth: str, *, dry_run: bool, resumed_from: JobStatus | None = None) -> JobStatus:
+        """`cloverwoo sync import` (truth clover) / `push` (truth woo): recount every tracked binding."""
+        if self._lock.locked():
+            raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
+        async with self._lock:
+            status = self._start("import" if truth == "clover" else "push", truth, dry_run, resumed_from)
+            try:
+                snap = await self.snapshot()
+                status.report = snap.report
+                bindings = [b for b in self._bindings_after(snap) if b.tracked and not b.excluded]
+                if dry_run:
+                    self._dry_run(status, snap, bindings, truth)
+                else:
+                    await self._persist(status)
+                    await self._recount(status, snap, bindings)
+                return self._finish(status)
+            except BaseException as exc:
+                self._fail(status, exc)
+                raise
+            finally:
+                if not dry_run:
+                    await self._persist(status)
+
+    async def reconcile(self, *, dry_run: bool, full: bool = False) -> JobStatus:
+        """Compare every binding's list reads with its bases; merge (from fresh reads) those that drifted."""
+        if self._lock.locked():
+            raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
+        async with self._lock:
+            status = self._start("full" if full else "reconcile", "", dry_run)
+            try:
+                if full:
+                    ids = tuple(self.table.ids())
+                    status.total = len(ids)
+                    if not dry_run:
+                        await self._dirty(ids, "reconcile:full")
+                    status.done = len(ids)
+                    return self._finish(status)
+                snap = await self.snapshot()
+                status.report = snap.report
+                bindings = self._bindings_after(snap)
+                status.total = len(bindings)
+                drifted: list[str] = []
+                never: list[Binding] = []
+                woo_side = clover_side = busy = 0
+                for b in bindings:
+                    status.done += 1
+                    if not b.tracked or b.excluded:
+                        continue
+                    if _never_synced(b, self.merge_config.locations):
+                        never.append(b)
+                        continue
+                    plan = core_merge.plan_merge(b, snap.reads(b, self.merge_config.locations), self.merge_config)
+                    if plan.skip or not (plan.dw or any(plan.dc.values())):
+                        continue
+                    if self.is_busy(b.binding_id):
+                        busy += 1  # a trigger already has it: not drift, just not merged yet
+                        continue
+                    drifted.append(b.binding_id)
+                    woo_side += bool(plan.dw)
+                    clover_side += bool(any(plan.dc.values()))
+                    if len(status.diff) < DIFF_ROWS:
+                        status.diff.append({"sku": b.sku, "binding_id": b.binding_id, "woo_moved_by": plan.dw,
+                                            "clover_moved_by": {k: v for k, v in plan.dc.items() if v},
+                                            "woo_delta": plan.woo_delta, "clover_deltas": plan.clover_deltas})
+                status.writes_planned = len(drifted)
+                status.report = {**snap.report, "drifted": len(drifted), "drifted_woo_side": woo_side,
+                                 "drifted_clover_side": clover_side, "in_flight": busy, "never_synced": len(never),
+                                 "reason": "changes that no webhook or poll delivered (lost webhook, missed poll, "
+                                           "or another app writing stock)" if drifted else ""}
+                if not dry_run:
+                    if drifted:
+                        await self._dirty(tuple(drifted), "reconcile")
+                    if never:
+                        await self._recount(status, snap, never, count_total=False)
+                    self.on_drift(len(drifted), len(bindings))
+                if drifted:
+                    log.warning("drift_found", drifted=len(drifted), woo_side=woo_side, clover_side=clover_side,
+                                total=len(bindings), dry_run=dry_run)
+                return self._finish(status)
+            except BaseException as exc:
+                self._fail(status, exc)
+                raise
+
+    # ---------------------------------------------------------------- helpers
+
+    def _dry_run(self, status: JobStatus, snap: Snapshot, bindings: list[Binding], truth: str) -> None:
+        cfg = msgspec.structs.replace(self.merge_config, source_of_truth=truth)
+        status.total = len(bindings)
+        for b in bindings:
+            status.done += 1
+            recount = msgspec.structs.replace(b, base_woo=None, base_clover={})
+            reads = snap.reads(b, self.merge_config.locations)
+            plan = core_merge.plan_merge(recount, reads, cfg)
+            if plan.skip or not (plan.woo_delta or plan.clover_deltas):
+                continue
+            status.writes_planned += 1
+            if len(status.diff) < DIFF_ROWS:
+                status.diff.append({
+                    "sku": b.sku, "binding_id": b.binding_id,
+                    "woo": [reads.woo, (reads.woo or 0) + plan.woo_delta],
+                    "clover": {loc: [reads.clover.get(loc), (reads.clover.get(loc) or 0) + d]
+                               for loc, d in plan.clover_deltas.items()},
+                })
+
+    async def _recount(self, status: JobStatus, snap: Snapshot, todo: list[Binding], *,
+                       count_total: bool = True) -> None:
+        """Send one ``Initialise`` per binding and wait until every one is done."""
+        status.state = "applying"
+        if count_total:
+            status.total = len(todo)
+            status.done = 0
+        waiting = {b.binding_id for b in todo}
+        self._waiting[status.id] = waiting
+        nshards = len(self.shards)
+        try:
+            for b in todo:
+                reads = snap.reads(b, self.merge_config.locations)
+                await self.shards[shard_of(b.binding_id, nshards)].send(
+                    Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id)
+                )
+            last_saved = time.monotonic()
+            while waiting:
+                await self._progress.wait()
+                self._progress = trio.Event()
+                if count_total:
+                    status.done = status.total - len(waiting)
+                if status.kind in ("import", "push") and time.monotonic() - last_saved > 2.0:
+                    await self._persist(status)
+                    last_saved = time.monotonic()
+            if count_total:
+                status.done = status.total
+        finally:
+            self._waiting.pop(status.id, None)
+
+    def item_done(self, job_id: str, binding_id: str, result: str) -> None:
+        """Shard hook: one binding of a job was recounted (or found gone)."""
+        waiting = self._waiting.get(job_id)
+        if waiting is not None:
+            waiting.discard(binding_id)
+            self._progress.set()
+
+    async def _dirty(self, ids: tuple[str, ...], trigger: str) -> None:
+        nshards = len(self.shards)
+        by_shard: dict[int, list[str]] = {}
+        for bid in ids:
+            by_shard.setdefault(shard_of(bid, nshards), []).append(bid)
+        now = trio.current_time()
+        for shard, bids in by_shard.items():
+            await self.shards[shard].send(MarkDirty(tuple(bids), trigger, (), now))
+
+    def _start(self, kind: str, truth: str, dry_run: bool, resumed_from: JobStatus | None = None) -> JobStatus:
+        status = JobStatus(id=resumed_from.id if resumed_from else uuid.uuid4().hex[:12], kind=kind, truth=truth,
+                           dry_run=dry_run, started_at=time.time(), resumed=resumed_from is not None)
+        self.current = status
+        return status
+
+    def _finish(self, status: JobStatus) -> JobStatus:
+        status.state = "done"
+        status.finished_at = time.time()
+        self.last[status.kind] = status
+        self.current = None
+        log.info("job_done", job=status.id, kind=status.kind, truth=status.truth, dry_run=status.dry_run,
+                 total=status.total, writes_planned=status.writes_planned,
+                 seconds=round(status.finished_at - status.started_at, 2))
+        return status
+
+    def _fail(self, status: JobStatus, exc: BaseException) -> None:
+        if isinstance(exc, trio.Cancelled) or status.state == "done":
+            return  # a shutdown mid-job: the saved state lets the next start resume it
+        status.state = "failed"
+        status.error = str(exc)[:500]
+        status.finished_at = time.time()
+        self.last[status.kind] = status
+        self.current = None
+        log.error("job_failed", job=status.id, kind=status.kind, error=status.error)
+
+    async def _persist(self, status: JobStatus) -> None:
+        if status.kind not in ("import", "push") or status.dry_run:
+            return
+        slim = msgspec.structs.replace(status, diff=[])
+        with trio.CancelScope(shield=True):
+            await self.store.set_kv(JOB_KEY, msgspec.json.encode(slim).decode())
+
+    async def follow(self, job_id: str | None = None) -> AsyncIterator[JobStatus]:
+        """Progress of the current job, about ten times a second, then its final status."""
+        while True:
+            cur = self.current
+            if cur is None or (job_id is not None and cur.id != job_id):
+                return
+            yield cur
+            await trio.sleep(0.1)
+
+
+def _never_synced(b: Binding, locations: tuple[str, ...]) -> bool:
+    if not b.tracked or b.excluded:
+        return False
+    if b.base_woo is None:
+        return True
+    return any(b.base_clover.get(loc) is None for loc in locations if loc in b.clover_items)
+
+
+def _same_catalogue(a: Binding, b: Binding) -> bool:
+    return (a.sku, a.name, a.woo, a.clover_items, a.matched_by, a.tracked) == (
+        b.sku, b.name, b.woo, b.clover_items, b.matched_by, b.tracked
+    )
+
+
+def _summary(report: Any, *, changed: int, removed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"changed": changed, "removed": removed}
+    for name in ("bindings", "by_sku", "by_name", "unmatched_woo", "ambiguous", "untracked"):
+        value = getattr(report, name, None)
+        if value is not None:
+            out[name] = len(value) if hasattr(value, "__len__") else value
+    unmatched_clover = getattr(report, "unmatched_clover", None)
+    if isinstance(unmatched_clover, dict):
+        out["unmatched_clover"] = sum(len(v) for v in unmatched_clover.values())
+    return out
