@@ -267,7 +267,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Soak, dict[str, 
         extra["merges"] = s1["shards"]["merges"] - s0["shards"]["merges"]
         extra["failed_merges"] = s1["shards"]["failed_merges"] - s0["shards"]["failed_merges"]
         extra["db_size_mib"] = round(((s1.get("store") or {}).get("db_size_bytes", 0)) / 2**20, 1)
-        extra["cpu"] = {"daemon": (cpu_seconds(daemon.pid) - cpu0) / wall, "load generator": (own_cpu_seconds() - own0) / wall}
+        extra["cpu"] = {"daemon": (cpu_seconds(daemon.pid) - cpu0) / wall,
+                        "load generator": (own_cpu_seconds() - own0) / wall}
         extra["exited_early"] = daemon.proc.poll() is not None
     finally:
         code = await trio.to_thread.run_sync(daemon.stop)

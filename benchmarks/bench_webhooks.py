@@ -762,6 +762,9 @@ def main() -> int:
         print(f"the daemon meanwhile ran {extra.get('merges_closed_loop')} merges in (b) and "
               f"{extra.get('merges_fixed_rate')} in (c); after (c): {extra.get('after')}; "
               f"exit code {extra.get('daemon_exit')}")
+    if fixed is not None and pct(fixed.send_lag, 99) > 0.010:
+        print("WARNING: the load generator itself sent late (send lag p99 > 10 ms): this machine was short of CPU,"
+              " so (c) overstates the daemon's latency; rerun on a quiet machine")
     print(f"after: {load_average()}")
     met_ratio = ratio >= GOAL_RATIO
     met_p99 = fixed is None or (fixed.p(99) <= GOAL_P99_MS and not fixed.statuses)

@@ -97,7 +97,7 @@ class ShardDeps:
     on_stock: Callable[[Binding], None] = lambda b: None  # alerts hook: a merge of this binding committed
     on_failure: Callable[[str, int], None] = lambda bid, attempts: None  # alerts hook: consecutive failed merges
     on_job_item: Callable[[str, str, str], None] = lambda job_id, bid, result: None  # jobs: one recount done
-    max_parallel: int = 8
+    max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
 
 
