@@ -7,6 +7,7 @@ for a reconciliation and resolving conflicts, both through the normal paths.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -161,6 +162,8 @@ class Admin:
                 "in_flight": sum(s["running"] for s in shard_stats),
                 "dirty": sum(s["dirty"] + s["again"] for s in shard_stats),
                 "retrying": sum(s["retrying"] for s in shard_stats),
+                "echoes_skipped": sum(s.get("echoes_skipped", 0) for s in shard_stats),
+                "triggers": dict(sum((sh.trigger_counts for sh in self.shards), collections.Counter())),
             },
             "locations": {name: asdict(a.status) for name, a in self.locations.items()},
             "woocommerce_poll": asdict(self.woo_poller.status),

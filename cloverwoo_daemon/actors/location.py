@@ -53,6 +53,11 @@ class LocationActor:
     retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0, max_attempts=1_000_000))
     _seen: dict[str, int] = field(default_factory=dict)  # item id -> modifiedTime already forwarded
     _orders_seen: dict[str, int] = field(default_factory=dict)  # order id -> modifiedTime already forwarded
+    # ``O:`` webhooks waiting for the orders feed to show their order: one feed call answers them all,
+    # instead of one order lookup per sale (the per-token budget is 16 calls a second).
+    _lookups: dict[str, list[LookupOrder]] = field(default_factory=dict)
+    _lookup_polls: dict[str, int] = field(default_factory=dict)  # order id -> feed polls that missed it
+    _wake: trio.Event = field(default_factory=trio.Event)
 
     async def run(
         self,
@@ -65,7 +70,11 @@ class LocationActor:
                 n.start_soon(self._poll_loop)
             task_status.started()
             async for req in lookups:
-                n.start_soon(self._lookup, req)
+                if self.poll_every:
+                    self._lookups.setdefault(req.order_id, []).append(req)
+                    self._wake.set()  # the feed is read now, not at the next tick
+                else:
+                    n.start_soon(self._lookup, req)
             n.cancel_scope.cancel()
 
     async def _lookup(self, req: LookupOrder) -> None:
@@ -90,11 +99,17 @@ class LocationActor:
         now_ms = int(time.time() * 1000)
         items_cursor = int(await self.store.get_kv(items_key) or now_ms)
         orders_cursor = int(await self.store.get_kv(orders_key) or now_ms)
+        next_items = trio.current_time()
         while True:
-            await trio.sleep(self.poll_every)
+            with trio.move_on_after(self.poll_every):
+                await self._wake.wait()
+            self._wake = trio.Event()
             try:
                 found: set[str] = set()
-                items = await self.client.list_items(modified_since_ms=items_cursor - OVERLAP_MS)
+                items = []
+                if trio.current_time() >= next_items:  # woken early for orders: the item list can wait its turn
+                    next_items = trio.current_time() + self.poll_every
+                    items = await self.client.list_items(modified_since_ms=items_cursor - OVERLAP_MS)
                 newest = items_cursor
                 for it in items:
                     newest = max(newest, it.modified_time)
@@ -109,6 +124,7 @@ class LocationActor:
                     if binding is not None and (it.quantity is None or it.quantity != base):
                         found.add(it.item_id)
                 orders = await self.client.changed_orders(since_ms=orders_cursor - OVERLAP_MS)
+                await self._answer_lookups(orders)
                 newest_order = orders_cursor
                 for order_id, (modified, order_items) in orders.items():
                     newest_order = max(newest_order, modified)
@@ -133,6 +149,25 @@ class LocationActor:
             except RemoteError as exc:
                 self._failed(exc)
                 await trio.sleep(self.retry.next_delay(min(self.status.consecutive_failures, 20)) or 1.0)
+
+    async def _answer_lookups(self, orders: dict[str, tuple[int, set[str]]]) -> None:
+        """Answer waiting ``O:`` events from the feed; an order the feed keeps missing is looked up alone."""
+        for order_id in list(self._lookups):
+            if order_id in orders:
+                items = orders[order_id][1]
+                for req in self._lookups.pop(order_id):
+                    await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono,
+                                                    clover={self.name: set(items)}))
+                self._lookup_polls.pop(order_id, None)
+            else:
+                misses = self._lookup_polls.get(order_id, 0) + 1
+                self._lookup_polls[order_id] = misses
+                if misses >= 3:  # older than the feed's window, or not visible in it: ask for it directly
+                    for req in self._lookups.pop(order_id):
+                        self._lookup_polls.pop(order_id, None)
+                        await self._lookup(req)
+                else:
+                    self._wake.set()
 
     def _failed(self, exc: BaseException) -> None:
         self.status.consecutive_failures += 1

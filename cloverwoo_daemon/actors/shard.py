@@ -21,6 +21,7 @@ Rules this actor keeps (sync-model.md):
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import time
@@ -119,6 +120,7 @@ class ShardActor:
         self.merges = 0
         self.failed_merges = 0
         self.echoes_skipped = 0
+        self.trigger_counts: collections.Counter[str] = collections.Counter()  # what started merges, for status
 
     # ----------------------------------------------------------------- state
 
@@ -201,6 +203,7 @@ class ShardActor:
             if pending is None:
                 return
             self._running[bid] = pending
+            self.trigger_counts.update(pending.triggers)
             ok = False
             rerun = False
             try:

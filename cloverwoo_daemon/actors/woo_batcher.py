@@ -2,12 +2,13 @@
 
 Rules:
 
-- A write is sent at once when no batch is in flight; while one is, writes
-  are gathered, and a further batch goes out in parallel only once a full
-  one (``max_batch``, WooCommerce's limit of 100) has gathered. So a lone
-  sale costs one request with no added delay, and a bulk job sends full
-  batches, ``max_parallel`` at a time (a batch of 100 takes ~2 s on a real
-  store against ~7 s for 100 single PUTs: reference section 9).
+- A write is sent at once when a slot (of ``max_parallel``) is free; writes
+  that arrive while every slot is busy are gathered and go together in the
+  next batch (at most ``max_batch``, WooCommerce's limit of 100). So a lone
+  sale costs one request with no added delay, and a bulk job, whose
+  hundreds of merges wait on the slots, sends full batches (a batch of 100
+  takes ~2 s on a real store against ~7 s for 100 single PUTs: reference
+  section 9).
 - Per-binding serialisation stays the shard's job: a binding has at most one
   write in flight, so one batch never holds two writes to one product.
 - Each caller gets its own result; when the whole call fails every caller
@@ -52,7 +53,7 @@ class BatchingWoo:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                while self._queue and (self._in_flight == 0 or self._queued() >= self.max_batch):
+                while self._queue:
                     await self._slots.acquire()
                     batch = self._take()
                     if batch:
