@@ -27,10 +27,10 @@ Rules this script keeps:
   ``merge`` row's ``latency_ms`` (first trigger reaching the router -> merge
   committed) minus the round trips that merge had to make, times 50 ms.
   Round trips are counted from what the row says the merge wrote:
-  1 (WooCommerce GET) + 1 (Clover GETs, one per location, in parallel)
+  1 (the WooCommerce GET and the Clover GETs, all in parallel)
   + 1 if it wrote WooCommerce (one batch request) + 2 per Clover location it
-  wrote (a fresh GET, then the POST). So Clover -> Woo is 3 round trips
-  (150 ms) and Woo -> Clover 4 (200 ms). What is left is the daemon's
+  wrote (a fresh GET, then the POST). So Clover -> Woo is 2 round trips
+  (100 ms) and Woo -> Clover 3 (150 ms). What is left is the daemon's
   queueing, SQLite commits, routing and HTTP client work; it does not include
   the webhook intake before the router (the inbox commit), which the
   end-to-end figures do include.
@@ -223,7 +223,7 @@ def round_trips(row: dict[str, Any]) -> int | None:
     except (ValueError, TypeError):
         return None
     clover_written = sum(1 for v in (write.get("clover") or {}).values() if v)
-    return 2 + (1 if write.get("woo_delta") else 0) + 2 * clover_written
+    return 1 + (1 if write.get("woo_delta") else 0) + 2 * clover_written
 
 
 def overhead_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:

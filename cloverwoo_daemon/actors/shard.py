@@ -25,9 +25,9 @@ import collections
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -41,6 +41,8 @@ from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, Initialise
 from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort, WooPort
 
 log = structlog.get_logger("cloverwoo.shard")
+A = TypeVar("A")
+B = TypeVar("B")
 
 _intent_encoder = msgspec.json.Encoder()
 _intent_decoder = msgspec.json.Decoder(core_merge.WriteIntent)
@@ -276,8 +278,14 @@ class ShardActor:
             # shows the stock we agreed on, so there is nothing on Woo's side to merge.
             self.echoes_skipped += 1
             return False
+        # Both sides are read at once (one round trip instead of two) unless a crashed merge must be
+        # recovered first; the Clover reads are then made after recovery, below.
+        early: tuple[dict[str, int | None], bool, set[str]] | None = None
         try:
-            woo_stock = await d.woo.get_stock(binding.woo)
+            if bid not in d.intents and binding.tracked and not binding.excluded:
+                woo_stock, early = await _both(d.woo.get_stock(binding.woo), self._read_clover(binding))
+            else:
+                woo_stock = await d.woo.get_stock(binding.woo)
         except NotFound:
             await self._unbind(binding, "WooCommerce product deleted", trigger)
             return False
@@ -303,7 +311,7 @@ class ShardActor:
         if binding.excluded:
             return False
 
-        clover_reads, read_failed, gone = await self._read_clover(binding)
+        clover_reads, read_failed, gone = early if early is not None else await self._read_clover(binding)
         if gone:
             binding = await self._drop_locations(binding, gone, trigger)
             if not binding.clover_items:
@@ -371,7 +379,13 @@ class ShardActor:
             self._record(trigger, pending)
             return False
 
+        # Commits are what a merge waits on (each is an fsync), so steps share them where recovery does
+        # not need them apart: the Woo marker tells whether a delta landed without its own commit, and
+        # the last step is committed by the final one.
+        clover_locs = [loc for loc, delta in plan.clover_deltas.items() if delta]
         intent = core_merge.intent_for(binding, plan)
+        if reread_clover and clover_locs and not plan.woo_delta:
+            intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
         await d.store.save_intent(bid, _intent_encoder.encode(intent))
         d.intents[bid] = _intent_encoder.encode(intent)
 
@@ -383,7 +397,10 @@ class ShardActor:
                 raise _MergeFailed()
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
-            await self._commit_step(binding, intent)
+            if clover_locs:
+                if reread_clover:
+                    intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
+                await self._commit_step(binding, intent)
             if res.quantity is not None and res.quantity != plan.expected_woo:
                 # A Woo-side change landed meanwhile: it is a fresh dW for the next merge, never absorbed.
                 rerun = True
@@ -402,8 +419,9 @@ class ShardActor:
             # per item (the import's floor).
             fresh: int | None
             if reread_clover:
-                intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
-                await self._commit_step(binding, intent)
+                if loc not in intent.clover_started:
+                    intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
+                    await self._commit_step(binding, intent)
                 intent_now = intent
 
                 async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
@@ -429,7 +447,8 @@ class ShardActor:
                 raise _MergeFailed()
             binding = core_merge.after_clover_step(binding, plan, loc)
             intent = msgspec.structs.replace(intent, clover_done=(*intent.clover_done, loc))
-            await self._commit_step(binding, intent)
+            if loc != clover_locs[-1]:
+                await self._commit_step(binding, intent)
             if fresh != clover_reads.get(loc):
                 rerun = True  # a POS change landed between the merge's read and this write
 
@@ -629,3 +648,21 @@ class ShardActor:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:500]
+
+
+async def _both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:
+    """Await two things concurrently; the first error cancels the other and is raised as itself."""
+    results: dict[int, Any] = {}
+
+    async def run(i: int, aw: Awaitable[Any]) -> None:
+        results[i] = await aw
+
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(run, 0, a)
+            n.start_soon(run, 1, b)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return results[0], results[1]
