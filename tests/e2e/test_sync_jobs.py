@@ -1,0 +1,96 @@
+"""Initial sync and reconciliation jobs, driven over the control socket as `cloverwoo sync` / `reconcile` do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cloverwoo_daemon.io.control import control_stream
+from cloverwoo_daemon.messages import ControlRequest, ReconcileRequest, SyncRequest
+from tests.e2e.conftest import Env, settle, wait_for
+
+
+async def run_job(env: Env, req: ControlRequest) -> tuple[dict[str, Any], int]:
+    """Run a job through the control socket; returns its result and how many progress lines came first."""
+    progress = 0
+    result: dict[str, Any] = {}
+    async with control_stream(env.daemon.control_socket, req, timeout=30.0, idle_timeout=60.0) as stream:
+        async for resp in stream:
+            data = resp.data or {}
+            if "progress" in data:
+                progress += 1
+            elif "result" in data:
+                result = data["result"]
+    return result, progress
+
+
+def writes(env: Env) -> tuple[int, int]:
+    w = env.world
+    woo = sum(1 for s in w.woo.stock_writes if s.source in ("rest", "batch"))
+    return woo, w.clover.count("POST item_stocks/{id}")
+
+
+async def test_import_makes_woo_follow_clover_and_dry_run_writes_nothing(env_factory: Callable[..., Any]) -> None:
+    async with env_factory(products=4, poll_every="1h") as env:
+        w = env.world
+        mid = w.locations["downtown"]
+        w.clover.faults.webhooks_enabled = False  # the drift must be found by the job, not by a webhook
+        for i, p in enumerate(w.products):
+            w.clover.adjust(mid, p.clover["downtown"], 5 + i)
+        before = writes(env)
+        dry, _ = await run_job(env, SyncRequest(truth="clover", dry_run=True))
+        assert dry["state"] == "done" and dry["dry_run"] and dry["writes_planned"] == 4
+        assert {row["sku"]: row["woo"] for row in dry["diff"]} == {p.sku: [20, 5 + i] for i, p in enumerate(w.products)}
+        assert writes(env) == before  # nothing written by a dry run
+        assert all(w.woo_stock(p) == 20 for p in w.products)
+
+        result, _ = await run_job(env, SyncRequest(truth="clover"))
+        assert result["state"] == "done" and result["kind"] == "import" and result["total"] == 4
+        await settle(env)
+        assert [w.woo_stock(p) for p in w.products] == [5, 6, 7, 8]
+        assert [w.clover_stock(p) for p in w.products] == [5, 6, 7, 8]
+        assert writes(env)[1] == before[1]  # Clover, the truth, was not written
+
+
+async def test_push_makes_clover_follow_woo(env_factory: Callable[..., Any]) -> None:
+    async with env_factory(products=3, poll_every="1h") as env:
+        w = env.world
+        w.woo.faults.webhooks_enabled = False
+        for i, p in enumerate(w.products):
+            w.woo.admin_set_stock(p.woo, 30 + i)
+        result, _ = await run_job(env, SyncRequest(truth="woo"))
+        assert result["state"] == "done" and result["kind"] == "push"
+        await settle(env)
+        assert [w.clover_stock(p) for p in w.products] == [30, 31, 32]
+        assert [w.woo_stock(p) for p in w.products] == [30, 31, 32]
+        # and the bindings keep syncing in real time afterwards
+        w.woo.faults.webhooks_enabled = True
+        w.clover.pos_sale(w.locations["downtown"], {w.products[0].clover["downtown"]: 2})
+        await wait_for(lambda: w.woo_stock(w.products[0]) == 28, what="woo 28 after the push")
+        await settle(env)
+        assert w.woo_stock(w.products[0]) == 28 and w.clover_stock(w.products[0]) == 28
+
+
+async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callable[..., Any]) -> None:
+    async with env_factory(products=4, poll_every="1h") as env:
+        w = env.world
+        a, b, c, _ = w.products
+        w.clover.faults.webhooks_enabled = False
+        w.woo.faults.webhooks_enabled = False
+        w.clover.pos_sale(w.locations["downtown"], {a.clover["downtown"]: 3})  # lost webhook, Clover side
+        w.woo.online_order({b.woo: 2})  # lost webhook, Woo side
+        w.woo.online_order({c.woo: 1})
+        w.clover.pos_sale(w.locations["downtown"], {c.clover["downtown"]: 1})  # both sides of one product
+        before = writes(env)
+        dry, _ = await run_job(env, ReconcileRequest(dry_run=True))
+        assert dry["state"] == "done" and dry["report"]["drifted"] == 3
+        assert dry["report"]["drifted_woo_side"] == 2 and dry["report"]["drifted_clover_side"] == 2
+        assert writes(env) == before
+        result, _ = await run_job(env, ReconcileRequest())
+        assert result["report"]["drifted"] == 3
+        await settle(env)
+        assert (w.woo_stock(a), w.clover_stock(a)) == (17, 17)
+        assert (w.woo_stock(b), w.clover_stock(b)) == (18, 18)
+        assert (w.woo_stock(c), w.clover_stock(c)) == (18, 18)
+        again, _ = await run_job(env, ReconcileRequest())
+        assert again["report"]["drifted"] == 0
