@@ -270,6 +270,10 @@ class ShardActor:
             except BaseException:
                 self._catalogue.setdefault(bid, update)
                 raise
+            if pending.triggers == {"catalogue"}:
+                # New catalogue fields only: a binding never synced gets its recount from the job that
+                # sent this (list reads, batched writes), not a per-item merge here.
+                return False
         binding = d.table.get(bid)
         if binding is None:
             return False  # unbound since the trigger arrived: nothing to do
