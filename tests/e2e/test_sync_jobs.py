@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import trio
 
 from cloverwoo_daemon.io.control import control_stream
 from cloverwoo_daemon.messages import ControlRequest, ReconcileRequest, SyncRequest
+from cloverwoo_daemon.sim.harness import start_world
+from cloverwoo_daemon.sim.woocommerce import Latency
 from tests.e2e.conftest import Env, settle, wait_for
+from tests.e2e.daemon_proc import DaemonProc, free_port
 
 
 async def run_job(env: Env, req: ControlRequest) -> tuple[dict[str, Any], int]:
@@ -94,3 +103,52 @@ async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callabl
         assert (w.woo_stock(c), w.clover_stock(c)) == (18, 18)
         again, _ = await run_job(env, ReconcileRequest())
         assert again["report"]["drifted"] == 0
+
+
+async def test_import_resumes_after_a_kill_mid_job(tmp_path: Path) -> None:
+    """SIGKILL while `sync import` is writing; the restarted daemon finishes it and applies nothing twice."""
+    async with trio.open_nursery() as nursery:
+        world = await start_world(nursery, tmp_path / "world", products=300, listen=f"127.0.0.1:{free_port()}",
+                                  poll_every="1h")
+        daemon = DaemonProc(world.config_path)
+        try:
+            url = await daemon.start(nursery)
+            await world.connect(url)
+            await daemon.wait_status(lambda s: s["bindings"] == 300, what="300 bindings")
+            await daemon.wait_idle()
+            mid = world.locations["downtown"]
+            world.clover.faults.webhooks_enabled = False
+            want = {}
+            for i, p in enumerate(world.products):
+                want[p.sku] = 3 + i % 9
+                world.clover.adjust(mid, p.clover["downtown"], want[p.sku])
+            world.woo.latency = Latency(batch_item=0.02)  # 100 writes take 2 s: the kill lands mid-job
+            job = await trio.lowlevel.open_process([sys.executable, "-m", "cloverwoo_daemon.cli", "--config",
+                                           str(world.config_path), "--json", "sync", "import"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await daemon.wait_status(lambda s: (s["jobs"]["current"] or {}).get("state") == "applying",
+                                     timeout=60, what="the import applying")
+            await wait_for(lambda: 0 < sum(1 for s in world.woo.stock_writes if s.source == "batch") < 300,
+                           timeout=60, what="the import writing")
+            assert await daemon.kill() == -signal.SIGKILL
+            with trio.move_on_after(10):
+                await job.wait()
+            done_before = sum(1 for s in world.woo.stock_writes if s.source == "batch")
+            assert done_before < 300
+            await daemon.start(nursery)
+            status = await daemon.wait_status(
+                lambda s: (s["jobs"]["last"].get("import") or {}).get("state") == "done", timeout=120,
+                what="the resumed import to finish")
+            assert status["jobs"]["last"]["import"]["total"] == 300
+            await daemon.wait_idle()
+            assert {p.sku: world.woo_stock(p) for p in world.products} == want
+            assert {p.sku: world.clover_stock(p) for p in world.products} == want
+            per_product: dict[int, int] = {}
+            for s in world.woo.stock_writes:
+                if s.source in ("rest", "batch"):
+                    per_product[s.product_id] = per_product.get(s.product_id, 0) + 1
+            assert max(per_product.values()) == 1  # no delta sent twice
+            assert daemon.events("job_resuming")
+        finally:
+            await daemon.aclose()
+            nursery.cancel_scope.cancel()
