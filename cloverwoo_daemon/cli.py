@@ -22,6 +22,8 @@ from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    ExportCsvRequest,
+    ImportCsvRequest,
     JobRequest,
     LogRequest,
     ReconcileRequest,
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("direction", choices=["import", "push"])
     sy.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     sub.add_parser("job", help="progress of the running job, or the last one of each kind")
+    ex = sub.add_parser("export-csv", help="write the stock of every binding and location to a CSV file")
+    ex.add_argument("file", help="where to write it ('-' for stdout)")
+    im = sub.add_parser("import-csv", help="set Clover counts from a CSV (WooCommerce follows); rows checked first")
+    im.add_argument("file")
+    im.add_argument("--match", choices=["sku", "id"], default="sku")
+    im.add_argument("--dry-run", action="store_true", help="check every row, apply nothing")
     _add_clover_parser(sub)
     return p
 
@@ -118,6 +126,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _job(args, SyncRequest(truth=truth, dry_run=args.dry_run))
         case "job":
             return _job(args, JobRequest(follow=True))
+        case "export-csv":
+            return _admin(args, ExportCsvRequest(), lambda d: _write_csv(args.file, d["csv"]))
+        case "import-csv":
+            try:
+                with open(args.file, encoding="utf-8-sig", newline="") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"cloverwoo: cannot read {args.file}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            code = _admin(args, ImportCsvRequest(text=text, match=args.match, dry_run=args.dry_run), _print_import)
+            return code
         case "clover":
             return _clover(args)
     return EXIT_USAGE
@@ -396,6 +415,22 @@ def _print_job(job: dict[str, Any]) -> None:
             print(f"    {row['sku']:<20} woo moved {row['woo_moved_by']:+d}, clover moved {row['clover_moved_by']}")
     if job.get("error"):
         print(f"  error: {job['error']}")
+
+
+def _write_csv(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    print(f"wrote {text.count(chr(10)) - 1} rows to {path}")
+
+
+def _print_import(data: dict[str, Any]) -> None:
+    verb = "would apply" if data["dry_run"] else "applied"
+    print(f"{verb} {data['accepted']} row(s); rejected {len(data['rejected'])}")
+    for r in data["rejected"]:
+        print(f"  line {r['line']}: {r['reason']}")
 
 
 def _print_conflicts(data: Any) -> None:

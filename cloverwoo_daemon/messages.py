@@ -87,7 +87,15 @@ class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
     job_id: str = ""
 
 
-ShardCommand = MarkDirty | CatalogueUpdate | Initialise
+class SetStock(msgspec.Struct, frozen=True, tag="set_stock"):
+    """Set one location's Clover count (a CSV import row); the merge that follows carries it to Woo."""
+
+    binding_id: str
+    location: str
+    quantity: int
+
+
+ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):
@@ -135,7 +143,22 @@ class JobRequest(msgspec.Struct, frozen=True, tag="job"):
     follow: bool = False
 
 
-ControlRequest = StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
+class ExportCsvRequest(msgspec.Struct, frozen=True, tag="export_csv"):
+    """The stock CSV (interface.md columns), as text; the CLI writes it where the admin asked."""
+
+
+class ImportCsvRequest(msgspec.Struct, frozen=True, tag="import_csv"):
+    """A stock CSV read by the CLI; checked whole, then applied row by row (``core.csv_rows``)."""
+
+    text: str
+    match: str = "sku"  # sku | id
+    dry_run: bool = False
+
+
+ControlRequest = (
+    StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
+    | ExportCsvRequest | ImportCsvRequest
+)
 
 
 class ControlResponse(msgspec.Struct, frozen=True):

@@ -16,20 +16,24 @@ from typing import Any
 import msgspec
 import trio
 
-from cloverwoo_daemon.actors.bindings import BindingTable
+from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.actors.jobs import JobBusy, JobRunner, JobStatus
 from cloverwoo_daemon.actors.location import LocationActor
 from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_poller import WooPoller
+from cloverwoo_daemon.core import csv_rows
 from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    ExportCsvRequest,
+    ImportCsvRequest,
     JobRequest,
     LogRequest,
     ReconcileRequest,
+    SetStock,
     StatusRequest,
     SyncRequest,
 )
@@ -87,6 +91,10 @@ class Admin:
                     return ControlResponse(ok=False, error=f"unknown source of truth {truth!r}")
                 kind = "import" if truth == "clover" else "push"
                 return self._start_job(kind, lambda: self.jobs.start("sync", truth=truth, dry_run=dry))
+            case ExportCsvRequest():
+                return ControlResponse(ok=True, data={"csv": await self._export_csv()})
+            case ImportCsvRequest(text=text, match=match, dry_run=dry):
+                return await self._import_csv(text, match, dry)
             case JobRequest(follow=follow):
                 cur = self.jobs.current
                 if cur is not None and follow:
@@ -126,6 +134,55 @@ class Admin:
             yield ControlResponse(ok=True, data={"progress": progress})
             await trio.sleep(0.2)
         yield _result(job)
+
+    # ------------------------------------------------------------------ CSV
+
+    async def _export_csv(self) -> str:
+        last = await self.store.last_synced()
+        rows = []
+        for b in sorted(self.table.all(), key=lambda b: (b.sku, b.binding_id)):
+            if not b.tracked:
+                status = "untracked"
+            elif b.excluded:
+                status = "excluded"
+            elif b.base_woo is None:
+                status = "never synced"
+            elif self.shards[shard_of(b.binding_id, len(self.shards))].has_pending(b.binding_id):
+                status = "syncing"
+            else:
+                status = "in sync"
+            when = last.get(b.binding_id)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)) if when else ""
+            for loc, item in sorted(b.clover_items.items()):
+                rows.append(csv_rows.ExportRow(
+                    name=b.name, sku=b.sku, woo_product_id=b.woo.product_id, woo_variation_id=b.woo.variation_id,
+                    clover_item_id=item, location=loc, clover_stock=b.base_clover.get(loc), woo_stock=b.base_woo,
+                    sync_status=status, last_synced_at=stamp))
+        return csv_rows.format_rows(rows)
+
+    async def _import_csv(self, text: str, match: str, dry_run: bool) -> ControlResponse:
+        if match not in ("sku", "id"):
+            return ControlResponse(ok=False, error=f"--match must be sku or id, not {match!r}")
+        by_key: dict[str, str] = {}
+        known: dict[str, frozenset[str]] = {}
+        for b in self.table.all():
+            key = b.sku if match == "sku" else f"{b.woo.product_id}:{b.woo.variation_id}"
+            if key:
+                by_key[key] = b.binding_id
+                known[key] = frozenset(b.clover_items)
+        try:
+            rows, errors = csv_rows.parse_import(text, match="sku" if match == "sku" else "id", known=known)
+        except csv_rows.HeaderError as exc:
+            return ControlResponse(ok=False, error=f"nothing applied: {exc}")
+        if not dry_run:
+            for r in rows:
+                bid = by_key[r.key]
+                shard = shard_of(bid, len(self.shard_inboxes))
+                await self.shard_inboxes[shard].send(SetStock(bid, r.location, r.quantity))
+        return ControlResponse(ok=True, data={
+            "dry_run": dry_run, "accepted": len(rows), "applied": 0 if dry_run else len(rows),
+            "rejected": [{"line": e.line, "reason": e.reason} for e in errors],
+        })
 
     async def reconcile(self, trigger: str) -> int:
         """Mark every binding dirty: each gets a merge from fresh reads (the net under webhooks and polls)."""

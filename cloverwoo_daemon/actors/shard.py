@@ -37,7 +37,7 @@ from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow
-from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, Initialise, MarkDirty, ShardCommand
+from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, Initialise, MarkDirty, SetStock, ShardCommand
 from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort, WooPort
 
 log = structlog.get_logger("cloverwoo.shard")
@@ -117,6 +117,7 @@ class ShardActor:
         self._again: dict[str, _Pending] = {}
         self._failures: dict[str, int] = {}
         self._catalogue: dict[str, CatalogueUpdate] = {}
+        self._set_stock: dict[str, list[SetStock]] = {}  # CSV rows waiting for their binding's turn
         self._sem = trio.Semaphore(deps.max_parallel)
         self._nursery: trio.Nursery | None = None
         self.merges = 0
@@ -179,6 +180,9 @@ class ShardActor:
                     case CatalogueUpdate():
                         self._catalogue[cmd.binding_id] = cmd
                         self._enqueue(cmd.binding_id, (), "catalogue", trio.current_time())
+                    case SetStock():
+                        self._set_stock.setdefault(cmd.binding_id, []).append(cmd)
+                        self._enqueue(cmd.binding_id, (), "csv", trio.current_time())
                     case Initialise():
                         p = _Pending(initialise=cmd)
                         p.absorb((), "initialise", trio.current_time())
@@ -277,6 +281,17 @@ class ShardActor:
         binding = d.table.get(bid)
         if binding is None:
             return False  # unbound since the trigger arrived: nothing to do
+        while self._set_stock.get(bid):
+            # A recount typed into a CSV: Clover is set absolutely, like a count at the store; the bases
+            # stay, so this very merge sees it as a Clover-side change and carries it to Woo as a delta.
+            cmd = self._set_stock[bid][0]
+            item_id = binding.clover_items.get(cmd.location)
+            if item_id is not None and cmd.location in d.clovers and not binding.excluded and binding.tracked:
+                await d.clovers[cmd.location].set_stock(item_id, cmd.quantity)  # on failure it stays queued
+                await d.store.append_log([self._row(binding, "info", "csv_set", "csv",
+                                                    detail={"location": cmd.location, "quantity": cmd.quantity})])
+            self._set_stock[bid].pop(0)
+        self._set_stock.pop(bid, None)
         if pending.only_echoes(binding.base_woo) and bid not in d.intents:
             # Our own write (or a save that left stock alone) coming back as a webhook: the payload
             # shows the stock we agreed on, so there is nothing on Woo's side to merge.

@@ -899,6 +899,17 @@ class Store:
 
     # ------------------------------------------------------------------ key/value
 
+    async def last_synced(self) -> dict[str, float]:
+        """When each binding last had a merge that wrote or moved its bases (for the CSV export)."""
+
+        def q(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT binding_id, MAX(ts) FROM sync_log WHERE event IN ('merge', 'csv_set') GROUP BY binding_id"
+            ).fetchall()
+            return {str(b): float(t) for b, t in rows}
+
+        return await self._read(q)
+
     async def get_kv(self, key: str) -> str | None:
         def fn(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
