@@ -176,7 +176,7 @@ async def run_daemon(
 
         jobs = JobRunner(store=store, woo=batching_woo, clovers=clovers, table=table,
                          shards=[s for s, _ in shard_chans], merge_config=mcfg, is_busy=has_pending,
-                         reconcile_every=reconcile_every)
+                         reconcile_every=reconcile_every, on_drift=alerts.notice_drift)
         shard_deps.on_job_item = jobs.item_done
         admin = Admin(
             store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,

@@ -70,7 +70,13 @@ class _Recheck:
     sku: str
 
 
-_Input = _Stock | _Conflict | _Failing | _Recheck
+@dataclass(frozen=True)
+class _Drift:
+    drifted: int
+    total: int
+
+
+_Input = _Stock | _Conflict | _Failing | _Recheck | _Drift
 
 
 @dataclass
@@ -138,6 +144,11 @@ class AlertActor:
     def notice_failure(self, binding_id: str, attempts: int) -> None:
         """A merge of ``binding_id`` failed for the ``attempts``-th time in a row (``ShardDeps.on_failure``)."""
         self._offer(_Failing(binding_id, attempts))
+
+    def notice_drift(self, drifted: int, total: int) -> None:
+        """A reconciliation corrected ``drifted`` of ``total`` bindings (``JobRunner.on_drift``)."""
+        if core.drift_worth_alerting(drifted, total):
+            self._offer(_Drift(drifted, total))
 
     def _offer(self, msg: _Input) -> None:
         try:
@@ -238,6 +249,10 @@ class AlertActor:
                 await self._on_conflict(c)
             case _Failing(binding_id=bid, attempts=n):
                 await self._on_failure(bid, n)
+            case _Drift(drifted=n, total=total):
+                alert = core.drift_alert(n, total, at=self.deps.clock())
+                if await self.deps.store.record_alert(alert):
+                    self._queue_alert(alert)
             case _Recheck(sku=sku):
                 for snap in [s for s in self._snapshots.values() if s.sku == sku]:
                     await self._evaluate(snap)

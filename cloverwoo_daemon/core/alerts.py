@@ -70,8 +70,8 @@ __all__ = [
     "threshold_for",
 ]
 
-AlertKind = Literal["low_stock", "out_of_stock", "oversell", "conflict", "sync_failure"]
-KINDS: tuple[AlertKind, ...] = ("out_of_stock", "oversell", "low_stock", "sync_failure", "conflict")
+AlertKind = Literal["low_stock", "out_of_stock", "oversell", "conflict", "sync_failure", "drift"]
+KINDS: tuple[AlertKind, ...] = ("out_of_stock", "oversell", "low_stock", "sync_failure", "conflict", "drift")
 
 MAX_ROWS = 500  # rows listed in one email; the rest are counted ("... and 12 more")
 
@@ -275,6 +275,22 @@ def failure_alert(
     )
 
 
+def drift_alert(drifted: int, total: int, *, at: float = 0.0) -> Alert:
+    """A reconciliation that had to correct more bindings than a lost event or two explains."""
+    return Alert(
+        kind="drift",
+        key=f"drift:{at:.6f}",
+        name=f"{drifted} of {total} products",
+        detail=f"{drifted} of {total} products had drifted since the last look",
+        at=at,
+    )
+
+
+def drift_worth_alerting(drifted: int, total: int) -> bool:
+    """More than a stray event: at least 5 products, or 1 % of them when that is more."""
+    return drifted >= max(5, total // 100)
+
+
 # --------------------------------------------------------------------------
 # Rendering
 
@@ -287,6 +303,7 @@ _TITLES: dict[AlertKind, tuple[str, str]] = {
                  "Oversold: {n} products sold on both sides at once"),
     "conflict": ("Sync conflict: {name} ({sku})", "Sync conflicts on {n} products"),
     "sync_failure": ("Sync failing: {name} ({sku})", "Sync failing for {n} products"),
+    "drift": ("Reconciliation corrected drift: {name}", "Reconciliation corrected drift {n} times"),
 }
 
 _INTROS: dict[AlertKind, str] = {
@@ -296,6 +313,8 @@ _INTROS: dict[AlertKind, str] = {
                  "Both sales were counted; check the orders and resolve the conflict:"),
     "conflict": "The sync flagged these products; check them and resolve the conflict:",
     "sync_failure": "The sync of these products keeps failing; both sides may disagree until it is fixed:",
+    "drift": ("Reconciliation found stock changes that no webhook or poll had reported and corrected them. "
+              "Webhooks are probably being lost: check the webhooks' status in WooCommerce and Clover:"),
 }
 
 

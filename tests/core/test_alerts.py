@@ -297,3 +297,14 @@ def test_restore_requeues_without_dedup() -> None:
     d.restore(low(2), now=0.0)
     (e,) = d.take(now=1.0)
     assert len(e.keys) == 2
+
+
+def test_drift_alert_threshold_and_rendering() -> None:
+    from cloverwoo_daemon.core.alerts import drift_alert, drift_worth_alerting, render
+
+    assert not drift_worth_alerting(4, 100)
+    assert drift_worth_alerting(5, 100)
+    assert not drift_worth_alerting(20, 5000) and drift_worth_alerting(50, 5000)
+    subject, body = render("drift", [drift_alert(12, 500, at=1.0)])
+    assert "12 of 500 products" in subject
+    assert "Webhooks are probably being lost" in body

@@ -152,3 +152,23 @@ async def test_import_resumes_after_a_kill_mid_job(tmp_path: Path) -> None:
         finally:
             await daemon.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_reconcile_drift_above_threshold_raises_an_alert(env_factory: Callable[..., Any]) -> None:
+    async with env_factory(products=6, poll_every="1h") as env:
+        w = env.world
+        w.clover.faults.webhooks_enabled = False
+        for p in w.products:
+            w.clover.pos_sale(w.locations["downtown"], {p.clover["downtown"]: 1})
+        result, _ = await run_job(env, ReconcileRequest())
+        assert result["report"]["drifted"] == 6
+        store = env.daemon.admin.store
+
+        async def drift_emails() -> list[Any]:
+            return [e for e in await store.list_emails() if e.kind == "drift"]
+
+        with trio.fail_after(20):
+            while not await drift_emails():
+                await trio.sleep(0.2)
+        (email,) = await drift_emails()
+        assert "6 of 6 products" in email.subject
