@@ -232,11 +232,12 @@ class ShardActor:
             init = pending.initialise
             if init is not None:
                 self.deps.on_job_item(init.job_id, bid, "done")
-            if init is not None and (pending.event_ids or pending.triggers - {"initialise"}):
+            # ("catalogue" needs no follow-up: the recount applied the update and used it.)
+            if init is not None and (pending.event_ids or pending.triggers - {"initialise", "catalogue"}):
                 # Triggers that came with the recount get a plain merge from fresh reads; their events
                 # are settled by that merge, not by the recount (whose list reads may predate them).
                 follow = _Pending(event_ids=set(pending.event_ids), received_at=pending.received_at)
-                follow.triggers = (pending.triggers - {"initialise"}) or {"recheck"}
+                follow.triggers = (pending.triggers - {"initialise", "catalogue"}) or {"recheck"}
                 self._enqueue_pending(bid, follow)
             elif pending.event_ids:
                 await self.deps.settled.send(EventsSettled(tuple(sorted(pending.event_ids)), bid))
