@@ -1004,7 +1004,9 @@ class WooSim:
             del key.nonces[old]
         return key
 
-    def _paginate(self, items: list[dict[str, Any]], path: str) -> Response:
+    def _paginate(self, items: list[Any], path: str, render: Callable[[Any], Any] | None = None) -> Response:
+        """One page of ``items``; ``render`` turns only that page into JSON (a real store does not build
+        10,000 products to answer for 100, and neither should the simulator)."""
         args = request.args
         per_page = args.get("per_page", "10")
         if not _is_integer(per_page) or not 1 <= int(float(per_page)) <= 100:
@@ -1019,6 +1021,8 @@ class WooSim:
             raise ApiError(400, "rest_post_invalid_page_number",
                            "The page number requested is larger than the number of pages available.")
         chunk = items[(page - 1) * per : page * per]
+        if render is not None:
+            chunk = [render(x) for x in chunk]
         headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
         links = []
         rest = [(k, v) for k, v in args.items(multi=True) if k not in ("page", "consumer_key", "consumer_secret")
@@ -1214,7 +1218,7 @@ class WooSim:
                 items = [p for p in items if p.type != "variation"]
             if args.get("type"):
                 items = [p for p in items if p.type == args["type"]]
-            return sim._paginate([sim._product_json(p) for p in sim._filter_sort(items)], "/products")
+            return sim._paginate(sim._filter_sort(items), "/products", sim._product_json)
 
         @app.route(f"{API}/products", methods=["POST"])
         async def create_product() -> Response:
@@ -1261,7 +1265,7 @@ class WooSim:
             await sim._sleep(sim.latency.list_page)
             parent = sim._product(pid)
             items = [sim._products[v] for v in parent.variations if v in sim._products]
-            return sim._paginate([sim._variation_json(v) for v in sim._filter_sort(items)],
+            return sim._paginate(sim._filter_sort(items), render=sim._variation_json, path=
                                  f"/products/{pid}/variations")
 
         @app.route(f"{API}/products/<int:pid>/variations", methods=["POST"])
@@ -1297,7 +1301,7 @@ class WooSim:
                 return await _no_route(Exception())
             await sim._sleep(sim.latency.list_page)
             items = [p for p in sim._products.values() if p.type == "variation"]
-            return sim._paginate([sim._variation_json(v) for v in sim._filter_sort(items)], "/variations")
+            return sim._paginate(sim._filter_sort(items), "/variations", sim._variation_json)
 
         # Orders -----------------------------------------------------------
 
