@@ -26,6 +26,7 @@ from cloverwoo_daemon.messages import (
     ImportCsvRequest,
     JobRequest,
     LogRequest,
+    ModeRequest,  # issue 5
     ReconcileRequest,
     StatusRequest,
     SyncRequest,
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--match", choices=["sku", "id"], default="sku")
     im.add_argument("--dry-run", action="store_true", help="check every row, apply nothing")
     _add_clover_parser(sub)
+    _add_issue6_parsers(sub)
+    _add_exclusion_parsers(sub)  # issue 8
+    # -- issue 5
+    md = sub.add_parser("mode", help="switch the multi-location mode; every binding is recounted (persisted)")
+    md.add_argument("mode", choices=["aggregate", "single", "per-location"])
+    # -- end issue 5
     return p
 
 
@@ -126,6 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _job(args, SyncRequest(truth=truth, dry_run=args.dry_run))
         case "job":
             return _job(args, JobRequest(follow=True))
+        case "mode":  # issue 5
+            return _job(args, ModeRequest(mode=args.mode))
         case "export-csv":
             return _admin(args, ExportCsvRequest(), lambda d: _write_csv(args.file, d["csv"]))
         case "import-csv":
@@ -137,8 +146,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             code = _admin(args, ImportCsvRequest(text=text, match=args.match, dry_run=args.dry_run), _print_import)
             return code
+        case "exclude" | "include":  # issue 8
+            return _exclusions(args)
         case "clover":
             return _clover(args)
+        case "threshold" | "out-of-stock" | "dashboard" | "webhooks":  # issue 6
+            return _issue6(args)
     return EXIT_USAGE
 
 
@@ -155,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(secrets=secrets.values())
     failed: list[BaseException] = []
     try:
-        trio.run(run_daemon, cfg, secrets)
+        trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # issue 8: preflight at start
     except* CrashBudgetExceeded as group:
         failed.extend(group.exceptions)
     if failed:
@@ -180,6 +193,209 @@ async def _reach_apis(cfg: Config, secrets: Any) -> int:
 
     configure_logging(level="error", secrets=secrets.values(), stream=sys.stderr)  # the ✓/✗ lines say it all
     return print_checks(await run_preflight(cfg, secrets))
+
+
+# ------------------------------------------- issue 6: threshold, out-of-stock, dashboard, webhooks register
+
+
+def _add_issue6_parsers(sub: Any) -> None:
+    th = sub.add_parser("threshold", help="set a SKU's low-stock threshold at run time (persisted)")
+    th.add_argument("sku")
+    th.add_argument("value", nargs="?", type=int, help="the threshold (negative: no low-stock alerts)")
+    th.add_argument("--clear", action="store_true", help="back to the config's threshold")
+    oos = sub.add_parser("out-of-stock", help="set a SKU's out-of-stock behaviour at run time (persisted)")
+    oos.add_argument("sku")
+    oos.add_argument("action", nargs="?", choices=["hide", "backorder", "contact"])
+    oos.add_argument("--clear", action="store_true", help="back to the config's behaviour")
+    db = sub.add_parser("dashboard", help="low and out-of-stock products, most urgent first; conflicts; webhooks")
+    db.add_argument("--limit", type=int, default=100)
+    wh = sub.add_parser("webhooks", help="WooCommerce webhooks")
+    whsub = wh.add_subparsers(dest="webhooks_command", required=True)
+    whsub.add_parser("register", help="create the WooCommerce webhooks (idempotent); print the Clover URL")
+
+
+def _issue6(args: argparse.Namespace) -> int:
+    from cloverwoo_daemon.messages import DashboardRequest, OutOfStockRequest, ThresholdRequest
+
+    if args.command == "threshold":
+        if args.clear == (args.value is not None):
+            print("cloverwoo: give a threshold or --clear", file=sys.stderr)
+            return EXIT_USAGE
+        return _admin(args, ThresholdRequest(sku=args.sku, threshold=None if args.clear else args.value),
+                      lambda d: print(f"{d['sku']}: threshold {d['threshold']}"
+                                      + (" (config)" if d["override"] is None else "")))
+    if args.command == "out-of-stock":
+        if args.clear == (args.action is not None):
+            print("cloverwoo: give hide, backorder or contact, or --clear", file=sys.stderr)
+            return EXIT_USAGE
+        return _admin(args, OutOfStockRequest(sku=args.sku, action=None if args.clear else args.action),
+                      lambda d: print(f"{d['sku']}: out of stock -> {d['action']}"
+                                      + (" (config)" if d["override"] is None else "")))
+    if args.command == "dashboard":
+        return _admin(args, DashboardRequest(limit=args.limit), _print_dashboard)
+    return _webhooks_register(args)
+
+
+def _print_dashboard(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"low and out of stock ({data['total_listed']}), most urgent first")
+    for col, just in (("SKU", "left"), ("name", "left"), ("stock", "right"), ("threshold", "right"),
+                      ("sold/day", "right"), ("per location", "left"), ("shop shows", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in data["products"]:
+        stock = f"[red]{r['stock']}[/red]" if r["state"] == "out" else f"[yellow]{r['stock']}[/yellow]"
+        locs = ", ".join(f"{k} {'-' if v is None else v}" for k, v in sorted(r["locations"].items()))
+        t.add_row(r["sku"], r["name"], stock, str(r["threshold"]), f"{r['per_day']:g}", locs,
+                  r.get("out_of_stock_action") or "")
+    console.print(t)
+    conflicts = data["conflicts"]
+    console.print(f"open conflicts: {len(conflicts)}" + ("  (cloverwoo conflicts)" if conflicts else ""))
+    for c in conflicts[:10]:
+        console.print(f"  #{c['id']} {c['kind']} sku={c['sku']}")
+    wh = data["webhooks"]
+    for source, ts in sorted(wh["last_event"].items()):
+        console.print(f"last {source} webhook: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))}")
+    if not wh["last_event"]:
+        console.print("[yellow]no webhook received yet[/yellow]")
+    woo = wh.get("woo") or {}
+    for h in woo.get("webhooks", []):
+        if h.get("ours"):
+            color = "green" if h["status"] == "active" else "red"
+            console.print(f"woo webhook #{h['id']} {h['topic']}: [{color}]{h['status']}[/{color}]")
+    if woo.get("re_enabled"):
+        console.print(f"[yellow]re-enabled {woo['re_enabled']} disabled WooCommerce webhook(s)[/yellow]")
+    if woo.get("clover_silent_since"):
+        console.print("[red]no Clover webhook lately while the poll finds changes[/red]")
+    for name, loc in sorted(wh["locations"].items()):
+        if not loc["reachable"]:
+            console.print(f"[red]location {name} unreachable[/red]: {loc['last_error']}")
+    if not wh["woocommerce_reachable"]:
+        console.print("[red]WooCommerce unreachable[/red]")
+
+
+def _webhooks_register(args: argparse.Namespace) -> int:
+    from cloverwoo_daemon.config import _read_secret
+    from cloverwoo_daemon.io.webhook_setup import public_urls, register_webhooks
+    from cloverwoo_daemon.io.woocommerce import WooClient
+    from cloverwoo_daemon.ports import RemoteError
+
+    cfg = load_config(args.config)
+    public_urls(cfg)  # refuse a missing server.public_url before anything is written
+    key = _read_secret("woocommerce.consumer_key", cfg.woocommerce.consumer_key_file)
+    secret = _read_secret("woocommerce.consumer_secret", cfg.woocommerce.consumer_secret_file)
+
+    async def go() -> Any:
+        async with WooClient(cfg.woocommerce.base_url, key, secret, auth=cfg.woocommerce.auth) as woo:
+            return await register_webhooks(cfg, woo)
+
+    try:
+        report = trio.run(go)
+    except RemoteError as exc:
+        print(f"✗ webhooks register: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report), indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"WooCommerce webhooks -> {report.delivery_url}")
+    for topic in report.created:
+        print(f"  ✓ {topic}: created")
+    for topic in report.existing:
+        print(f"  ✓ {topic}: already registered" + (" (re-activated)" if topic in report.reactivated else ""))
+    if report.secret_reused:
+        print(f"  secret: the one in {report.secret_config_file or '$CLOVERWOO_WOOCOMMERCE_WEBHOOK_SECRET'}")
+    else:
+        print(f"  secret: new, written to {report.secret_state_file} (0600)"
+              + (f" and {report.secret_config_file}" if report.secret_config_written else ""))
+    print(f"Clover webhook URL: {report.clover_url}")
+    print("Next:")
+    for i, step in enumerate(report.instructions, 1):
+        print(f"  {i}. {step}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------- issue 8: exclusions, preflight at start
+
+
+def _add_exclusion_parsers(sub: Any) -> None:
+    for name, verb in (("exclude", "take products out of sync: never written on either side (persisted)"),
+                       ("include", "put excluded products back in sync: recounted from the source of truth")):
+        ex = sub.add_parser(name, help=verb)
+        ex.add_argument("skus", nargs="*", metavar="SKU")
+        ex.add_argument("--from-file", metavar="FILE",
+                        help="SKUs one a line ('-' for stdin); blank lines and lines starting with # are skipped")
+
+
+def _read_sku_file(path: str) -> list[str]:
+    with (sys.stdin if path == "-" else open(path, encoding="utf-8-sig")) as f:
+        return [s for line in f if (s := line.strip()) and not s.startswith("#")]
+
+
+def _exclusions(args: argparse.Namespace) -> int:
+    from cloverwoo_daemon.messages import ExcludeRequest
+
+    skus = list(args.skus)
+    if args.from_file:
+        try:
+            skus += _read_sku_file(args.from_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"cloverwoo: cannot read {args.from_file}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if not skus:
+        print(f"cloverwoo: {args.command}: give SKUs or --from-file", file=sys.stderr)
+        return EXIT_USAGE
+
+    def show(d: dict[str, Any]) -> None:
+        verb = "excluded" if d["excluded"] else "included"
+        print(f"{verb} {len(d['skus'])} SKU(s) ({len(d['changed'])} changed), "
+              f"{d['bindings_changed']} binding(s) changed; {d['total_excluded']} SKU(s) excluded in all")
+        if d["not_bound"]:
+            note = "excluded as soon as they are bound" if d["excluded"] else "not bound"
+            print(f"  no binding with SKU ({note}): {', '.join(d['not_bound'])}")
+        if not d["excluded"] and d["bindings_changed"]:
+            print("  included products are recounted from the source of truth now (cloverwoo log to watch)")
+
+    return _admin(args, ExcludeRequest(skus=tuple(skus), excluded=args.command == "exclude"), show)
+
+
+# The checks run before the daemon, not beside it: a check of an OAuth location may refresh its token, and a
+# refresh racing the daemon's own would spend the single-use refresh token twice. Bounded well under the unit's
+# TimeoutStartSec=60s, so a store that hangs at boot delays READY=1 by this much at most.
+PREFLIGHT_AT_START_S = 20.0
+
+
+async def _preflight_then_run(cfg: Config, secrets: Any, run_daemon: Any) -> None:
+    """`cloverwoo run`: the preflight checks, each logged, then the daemon, whatever they said.
+
+    A failed check is logged at error level and the daemon starts anyway: the
+    daemon retries unreachable stores and reports them in `status`, and a
+    refusal to start would turn a network blip at boot into a systemd restart
+    loop. Config and secret errors were refused before this (exit 2).
+    """
+    import structlog
+
+    from cloverwoo_daemon.io.preflight import run_preflight
+
+    log = structlog.get_logger("cloverwoo.preflight")
+    checks = None
+    with trio.move_on_after(PREFLIGHT_AT_START_S):
+        try:
+            checks = await run_preflight(cfg, secrets)
+        except Exception as exc:  # a check that cannot run must not stop the daemon from starting
+            log.error("preflight_error", error=str(exc)[:300])
+    if checks is None:
+        log.error("preflight_incomplete", hint="`cloverwoo check-config` shows every check")
+    else:
+        for c in checks:
+            if c.ok:
+                log.info("preflight", ok=True, check=c.subject, result=c.line())
+            else:
+                log.error("preflight", ok=False, check=c.subject, result=c.line())
+        failed = sum(not c.ok for c in checks)
+        (log.error if failed else log.info)("preflight_done", checks=len(checks), failed=failed)
+    await run_daemon(cfg, secrets)
 
 
 # ------------------------------------------------------- clover connect (issue 8: Clover OAuth v2)
@@ -304,8 +520,13 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"queues: router {q['router']}, shards {sum(q['shards'])}; merges {s['merges']} "
                   f"(failed {s['failed_merges']}, in flight {s['in_flight']}, waiting {s['dirty']}, "
                   f"retrying {s['retrying']})")
+    if "mode" in data:  # issue 5
+        console.print(f"mode: {data['mode']}; bindings merged without a location that is down: "
+                      f"{data.get('stale_bindings', 0)}")
     for name, loc in data["locations"].items():
         state = "reachable" if loc["reachable"] else f"[red]UNREACHABLE[/red] ({loc['last_error']})"
+        if not loc.get("active", True):  # issue 5: single mode, not the primary
+            state = "inactive (single mode: never called)"
         console.print(f"location {name}: {state}, polls {loc['polls']}")
     wp = data["woocommerce_poll"]
     console.print(f"woocommerce: {'reachable' if wp['reachable'] else '[red]UNREACHABLE[/red]'}, polls {wp['polls']}")
@@ -317,6 +538,13 @@ def _print_status(data: dict[str, Any]) -> None:
                       "(paste it into the Clover developer dashboard, then Verify)")
     rec = data["reconcile"]
     console.print(f"reconcile every: {rec['every_s'] or 'off'}s, last: {rec['last'] or 'never'}")
+    ex = data.get("exclusions")  # issue 8
+    if ex:
+        listed = ", ".join(ex["skus"]) + (" ..." if ex["count"] > len(ex["skus"]) else "")
+        console.print(f"excluded from sync: {ex['count']} SKU(s), {ex['bindings_excluded']} binding(s)"
+                      + (f": {listed}" if ex["count"] else ""))
+        if ex["not_bound"]:
+            console.print(f"  not bound yet (excluded when they are): {', '.join(ex['not_bound'])}")
 
 
 def _job(args: argparse.Namespace, req: ControlRequest) -> int:
@@ -429,6 +657,8 @@ def _write_csv(path: str, text: str) -> None:
 def _print_import(data: dict[str, Any]) -> None:
     verb = "would apply" if data["dry_run"] else "applied"
     print(f"{verb} {data['accepted']} row(s); rejected {len(data['rejected'])}")
+    if "changed" in data:  # issue 4
+        print(f"  {data['changed']} count(s) to set, {data['unchanged']} already at that count")
     for r in data["rejected"]:
         print(f"  line {r['line']}: {r['reason']}")
 

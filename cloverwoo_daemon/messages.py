@@ -78,6 +78,10 @@ class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
     difference as a delta to Woo and keeps whatever happened since as a
     pending delta against the new bases. No per-item read is made, so a
     5,000-product import costs its list pages and its batch writes only.
+    That holds only while no merge committed after the lists were read: one
+    that did already moved both sides, and the bases are newer than the reads.
+    ``version`` (the binding's version before the reads) lets the shard see
+    that and merge from fresh reads instead (issue 4).
     """
 
     binding_id: str
@@ -85,6 +89,7 @@ class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
     clover: dict[str, int | None]
     truth: str  # "clover" | "woo"
     job_id: str = ""
+    version: int | None = None  # issue 4: the binding's version before the list reads (None: not checked)
 
 
 class SetStock(msgspec.Struct, frozen=True, tag="set_stock"):
@@ -95,7 +100,19 @@ class SetStock(msgspec.Struct, frozen=True, tag="set_stock"):
     quantity: int
 
 
-ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock
+# -- issue 8: exclusions
+
+
+class SetExcluded(msgspec.Struct, frozen=True, tag="set_excluded"):
+    """Exclude a binding from sync, or include it again; applied by its shard between merges (never racing one)."""
+
+    binding_id: str
+    excluded: bool
+
+
+# -- end issue 8
+
+ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock | SetExcluded  # SetExcluded: issue 8
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):
@@ -155,9 +172,58 @@ class ImportCsvRequest(msgspec.Struct, frozen=True, tag="import_csv"):
     dry_run: bool = False
 
 
+# -- issue 6: thresholds, out-of-stock behaviour, the dashboard
+
+
+class ThresholdRequest(msgspec.Struct, frozen=True, tag="threshold"):
+    """`cloverwoo threshold SKU N|--clear`: a run-time low-stock threshold (None: back to the config's)."""
+
+    sku: str
+    threshold: int | None = None
+
+
+class OutOfStockRequest(msgspec.Struct, frozen=True, tag="out_of_stock"):
+    """`cloverwoo out-of-stock SKU hide|backorder|contact|--clear`: a run-time per-SKU behaviour."""
+
+    sku: str
+    action: str | None = None
+
+
+class DashboardRequest(msgspec.Struct, frozen=True, tag="dashboard"):
+    """Low and out-of-stock products, most urgent first; open conflicts; webhook health."""
+
+    limit: int = 100
+
+
+# -- end issue 6
+# -- issue 8: exclusions
+
+
+class ExcludeRequest(msgspec.Struct, frozen=True, tag="exclude"):
+    """`cloverwoo exclude SKU...` (``excluded`` true) / `cloverwoo include SKU...` (false); persisted by SKU."""
+
+    skus: tuple[str, ...]
+    excluded: bool = True
+
+
+# -- end issue 8
+# -- issue 5: multi-location mode
+
+
+class ModeRequest(msgspec.Struct, frozen=True, tag="mode"):
+    """`cloverwoo mode aggregate|single|per-location`: persisted, then every binding recounted (progress streamed)."""
+
+    mode: str
+
+
+# -- end issue 5
+
 ControlRequest = (
     StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
     | ExportCsvRequest | ImportCsvRequest
+    | ThresholdRequest | OutOfStockRequest | DashboardRequest  # issue 6
+    | ExcludeRequest  # issue 8
+    | ModeRequest  # issue 5
 )
 
 

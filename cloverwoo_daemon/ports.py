@@ -26,6 +26,7 @@ from cloverwoo_daemon.core.model import (
     WooStock,
     WooWriteResult,
 )
+from cloverwoo_daemon.core.stock_policy import Change, Presentation  # issue 6
 
 
 class RemoteError(Exception):
@@ -85,6 +86,12 @@ class CloverPort(Protocol):
     async def aclose(self) -> None: ...
 
 
+# -- issue 5: a Woo stock write, optionally with extra product meta sent in the same request
+# (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only.
+StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str]]
+# -- end issue 5
+
+
 class WooPort(Protocol):
     """The WooCommerce store."""
 
@@ -93,9 +100,9 @@ class WooPort(Protocol):
         ...
 
     async def apply_deltas(
-        self, changes: list[tuple[WooRef, int, int]]
+        self, changes: Sequence[StockWrite]  # issue 5: was list[tuple[WooRef, int, int]]
     ) -> list[WooWriteResult]:
-        """Apply ``(ref, inventory_delta, version_marker)`` changes; batches of ≤ 100 per call.
+        """Apply ``(ref, inventory_delta, version_marker[, meta])`` changes; batches of ≤ 100 per call.
 
         Each change writes ``inventory_delta`` and the product meta marker
         ``_cloverwoo_version`` in the same request. Per-item errors come back
@@ -231,3 +238,37 @@ class Mailer(Protocol):
     """
 
     async def send(self, email: OutboxEmail) -> None: ...
+
+
+# --------------------------------------------------------------------------
+# Out-of-stock behaviour and webhook health (issue 6): implemented by ``io.woocommerce.WooClient``.
+
+
+class ShopPresentationPort(Protocol):
+    """The product fields the out-of-stock behaviour reads and writes (never stock)."""
+
+    async def get_presentation(self, ref: WooRef) -> Presentation: ...
+
+    async def set_presentation(self, ref: WooRef, change: Change) -> Presentation: ...
+
+
+class WebhookInfo(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def delivery_url(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+class WebhookAdminPort(Protocol):
+    """WooCommerce's webhooks as the health check sees them."""
+
+    async def list_webhooks(self, status: str = "all") -> Sequence[WebhookInfo]: ...
+
+    async def set_webhook_status(self, webhook_id: int, status: str) -> WebhookInfo: ...

@@ -19,6 +19,7 @@ import trio
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.actors.jobs import JobBusy, JobRunner, JobStatus
 from cloverwoo_daemon.actors.location import LocationActor
+from cloverwoo_daemon.actors.modes import MODES  # issue 5
 from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
@@ -28,14 +29,19 @@ from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    DashboardRequest,
+    ExcludeRequest,  # issue 8
     ExportCsvRequest,
     ImportCsvRequest,
     JobRequest,
     LogRequest,
+    ModeRequest,  # issue 5
+    OutOfStockRequest,
     ReconcileRequest,
     SetStock,
     StatusRequest,
     SyncRequest,
+    ThresholdRequest,
 )
 from cloverwoo_daemon.ports import StorePort
 
@@ -70,6 +76,10 @@ class Admin:
     started_at: float = field(default_factory=time.time)
     store_stats: Callable[[], Any] = lambda: None
     last_reconcile: float | None = None
+    # -- issue 6 (set by app.py): actors.stock_policy.StockPolicyActor, actors.health.HealthActor
+    stock_policy: Any = None
+    health_monitor: Any = None
+    exclusions: Any = None  # issue 8 (set by app.py): actors.exclusions.Exclusions
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -95,6 +105,20 @@ class Admin:
                 return ControlResponse(ok=True, data={"csv": await self._export_csv()})
             case ImportCsvRequest(text=text, match=match, dry_run=dry):
                 return await self._import_csv(text, match, dry)
+            # -- issue 6
+            case ThresholdRequest() | OutOfStockRequest() | DashboardRequest():
+                return await self._issue6(req)
+            # -- issue 8
+            case ExcludeRequest(skus=skus, excluded=excluded):
+                if self.exclusions is None:
+                    return ControlResponse(ok=False, error="exclusions are not running")
+                if not any(s.strip() for s in skus):
+                    return ControlResponse(ok=False, error="give at least one SKU")
+                return ControlResponse(ok=True, data=await self.exclusions.set(skus, excluded))
+            case ModeRequest(mode=mode):  # issue 5
+                if mode not in MODES:
+                    return ControlResponse(ok=False, error=f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+                return self._start_job("mode", lambda: self.jobs.start("mode", mode=mode))
             case JobRequest(follow=follow):
                 cur = self.jobs.current
                 if cur is not None and follow:
@@ -103,6 +127,68 @@ class Admin:
                         "last": {k: msgspec.to_builtins(v) for k, v in self.jobs.last.items()}}
                 return ControlResponse(ok=True, data=data)
         return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
+
+    # ------------------------------------------------------------------ issue 6: thresholds, out of stock, dashboard
+
+    async def _issue6(self, req: ThresholdRequest | OutOfStockRequest | DashboardRequest) -> ControlResponse:
+        alerts = getattr(self, "alerts", None)
+        match req:
+            case ThresholdRequest(sku=sku, threshold=n):
+                if alerts is None:
+                    return ControlResponse(ok=False, error="alerts are not running")
+                if not sku:
+                    return ControlResponse(ok=False, error="a SKU is required")
+                await alerts.set_threshold(sku, n)
+                return ControlResponse(ok=True, data={"sku": sku, "threshold": self._threshold_of(sku),
+                                                      "override": n})
+            case OutOfStockRequest(sku=sku, action=action):
+                if self.stock_policy is None:
+                    return ControlResponse(ok=False, error="the out-of-stock behaviour is not running")
+                try:
+                    await self.stock_policy.set_override(sku, action)
+                except ValueError as exc:
+                    return ControlResponse(ok=False, error=str(exc))
+                return ControlResponse(ok=True, data={"sku": sku, "action": self.stock_policy.action_of(sku),
+                                                      "override": action})
+            case DashboardRequest(limit=limit):
+                return ControlResponse(ok=True, data=await self.dashboard(limit))
+
+    def _threshold_of(self, sku: str) -> int:
+        from cloverwoo_daemon.core.alerts import AlertPolicy
+
+        alerts = getattr(self, "alerts", None)
+        if alerts is None:
+            return AlertPolicy().low_stock_threshold
+        return int(alerts.thresholds().get(sku, alerts.deps.policy.low_stock_threshold))
+
+    async def dashboard(self, limit: int = 100, *, window_s: float = 86400.0) -> dict[str, Any]:
+        from cloverwoo_daemon.core.dashboard import rank, sales_by_binding
+
+        log_rows = await self.store.query_log(since=time.time() - window_s, limit=100_000)
+        ranked = rank(self.table.all(), self._threshold_of, sales_by_binding(log_rows), window_days=window_s / 86400)
+        conflicts = await self.store.list_conflicts()
+        policy = self.stock_policy.applied() if self.stock_policy is not None else {}
+        hm = self.health_monitor
+        products = []
+        for r in ranked[: max(0, limit)]:
+            row = msgspec.to_builtins(r)
+            applied = policy.get(r.binding_id)
+            row["out_of_stock_action"] = applied.action if applied is not None else None
+            products.append(row)
+        return {
+            "products": products,
+            "total_listed": len(ranked),
+            "conflicts": msgspec.to_builtins(conflicts),
+            "webhooks": {
+                "last_event": dict(self.webhooks.last_event),
+                "woo": asdict(hm.status) if hm is not None else None,
+                "locations": {n: {"reachable": a.status.reachable, "last_error": a.status.last_error}
+                              for n, a in self.locations.items()},
+                "woocommerce_reachable": self.woo_poller.status.reachable,
+            },
+        }
+
+    # ------------------------------------------------------------------ end issue 6
 
     def _start_job(self, kind: str, start: Any) -> ControlResponse | AsyncIterator[ControlResponse]:
         since = time.time()
@@ -165,22 +251,40 @@ class Admin:
             return ControlResponse(ok=False, error=f"--match must be sku or id, not {match!r}")
         by_key: dict[str, str] = {}
         known: dict[str, frozenset[str]] = {}
+        woo_now: dict[str, int | None] = {}  # issue 4: a filled-in woo_stock must still be the agreed figure
         for b in self.table.all():
             key = b.sku if match == "sku" else f"{b.woo.product_id}:{b.woo.variation_id}"
             if key:
                 by_key[key] = b.binding_id
                 known[key] = frozenset(b.clover_items)
+                woo_now[key] = b.base_woo
         try:
-            rows, errors = csv_rows.parse_import(text, match="sku" if match == "sku" else "id", known=known)
+            rows, errors = csv_rows.parse_import(text, match="sku" if match == "sku" else "id", known=known,
+                                                 woo_now=woo_now)
         except csv_rows.HeaderError as exc:
             return ControlResponse(ok=False, error=f"nothing applied: {exc}")
+        # -- issue 4: rows the sync would not carry are rejected; a row equal to the agreed count writes nothing
+        apply: list[tuple[str, csv_rows.ImportRow]] = []
+        unchanged = 0
+        for r in rows:
+            bound = self.table.get(by_key[r.key])
+            if bound is None or not bound.tracked or bound.excluded:
+                why = "unbound" if bound is None else "excluded" if bound.tracked else \
+                    "not tracked (manage_stock is off)"
+                errors.append(csv_rows.RowError(r.line, f"{r.key!r} is {why}"))
+            elif bound.base_clover.get(r.location) == r.quantity:
+                unchanged += 1
+            else:
+                apply.append((bound.binding_id, r))
+        errors.sort(key=lambda e: e.line)
         if not dry_run:
-            for r in rows:
-                bid = by_key[r.key]
+            for bid, r in apply:
                 shard = shard_of(bid, len(self.shard_inboxes))
                 await self.shard_inboxes[shard].send(SetStock(bid, r.location, r.quantity))
+        accepted = len(apply) + unchanged
         return ControlResponse(ok=True, data={
-            "dry_run": dry_run, "accepted": len(rows), "applied": 0 if dry_run else len(rows),
+            "dry_run": dry_run, "accepted": accepted, "applied": 0 if dry_run else accepted,
+            "changed": len(apply), "unchanged": unchanged,
             "rejected": [{"line": e.line, "reason": e.reason} for e in errors],
         })
 
@@ -223,6 +327,8 @@ class Admin:
                 "triggers": dict(sum((sh.trigger_counts for sh in self.shards), collections.Counter())),
             },
             "locations": {name: asdict(a.status) for name, a in self.locations.items()},
+            "mode": self.jobs.merge_config.mode,  # issue 5
+            "stale_bindings": sum(s.get("stale", 0) for s in shard_stats),  # issue 5: merged without a down location
             "woocommerce_poll": asdict(self.woo_poller.status),
             "webhooks": {
                 "last_event": self.webhooks.last_event,
@@ -238,6 +344,7 @@ class Admin:
                 "catalogue": self.jobs.report,
             },
             "store": msgspec.to_builtins(stats) if stats is not None else None,
+            "exclusions": self.exclusions.summary() if self.exclusions is not None else None,  # issue 8
         }
 
     def idle(self) -> bool:

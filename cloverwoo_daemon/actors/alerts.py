@@ -76,7 +76,14 @@ class _Drift:
     total: int
 
 
-_Input = _Stock | _Conflict | _Failing | _Recheck | _Drift
+@dataclass(frozen=True)
+class _Health:
+    kind: core.AlertKind
+    subject: str
+    detail: str
+
+
+_Input = _Stock | _Conflict | _Failing | _Recheck | _Drift | _Health
 
 
 @dataclass
@@ -149,6 +156,10 @@ class AlertActor:
         """A reconciliation corrected ``drifted`` of ``total`` bindings (``JobRunner.on_drift``)."""
         if core.drift_worth_alerting(drifted, total):
             self._offer(_Drift(drifted, total))
+
+    def notice_health(self, kind: core.AlertKind, subject: str, detail: str) -> None:
+        """A webhook or reachability problem (``actors.health``); deduplicated per kind and subject."""
+        self._offer(_Health(kind, subject, detail))
 
     def _offer(self, msg: _Input) -> None:
         try:
@@ -251,6 +262,10 @@ class AlertActor:
                 await self._on_failure(bid, n)
             case _Drift(drifted=n, total=total):
                 alert = core.drift_alert(n, total, at=self.deps.clock())
+                if await self.deps.store.record_alert(alert):
+                    self._queue_alert(alert)
+            case _Health(kind=kind, subject=subject, detail=detail):
+                alert = core.health_alert(kind, subject, detail, at=self.deps.clock())
                 if await self.deps.store.record_alert(alert):
                     self._queue_alert(alert)
             case _Recheck(sku=sku):

@@ -43,6 +43,7 @@ import structlog
 import trio
 
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
+from cloverwoo_daemon.actors.modes import MODE_KEY, MODE_SYNCED_KEY, mode_config  # issue 5
 from cloverwoo_daemon.core import matching
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
@@ -82,6 +83,7 @@ class Snapshot:
     clover: dict[str, dict[str, CloverItem]]  # location -> item id -> item
     woo: dict[WooRef, WooItem]
     report: dict[str, Any]
+    versions: dict[str, int] = field(default_factory=dict)  # binding versions before the reads (see Initialise)
 
     def reads(self, b: Binding, locations: tuple[str, ...]) -> core_merge.Reads:
         w = self.woo.get(b.woo)
@@ -108,6 +110,7 @@ class JobRunner:
     merge_config: core_merge.MergeConfig
     is_busy: Callable[[str], bool] = lambda bid: False  # a trigger is already queued or running for it
     on_drift: Callable[[int, int], None] = lambda drifted, total: None  # alerts hook
+    excluded_sku: Callable[[str], bool] = lambda sku: False  # issue 8: new bindings born excluded (counts, dry runs)
     refresh_every: float | None = 600.0
     reconcile_every: float | None = None
     full_every: float | None = 7 * 86400.0
@@ -121,6 +124,53 @@ class JobRunner:
     _progress: trio.Event = field(default_factory=trio.Event)
     _expected: dict[str, Binding] = field(default_factory=dict)  # catalogue updates sent, not yet applied
     _nursery: trio.Nursery | None = None
+    # -- issue 5: multi-location modes. ``clovers`` holds every configured location; ``merge_config.locations``
+    # says which are read (single mode: the primary only).
+    all_locations: tuple[str, ...] = ()  # every configured location, in order
+    on_mode: Callable[[core_merge.MergeConfig], None] = lambda cfg: None  # swaps the shards' (and pollers') config
+    mode_recount_at_start: bool = False  # the bindings were synced under another mode (modes.resolve_mode)
+    _meta_jobs: set[str] = field(default_factory=set)  # mode jobs: every binding's per-location meta rewritten
+
+    def is_mode_job(self, job_id: str) -> bool:
+        return job_id in self._meta_jobs
+
+    def mode_switching(self) -> bool:
+        return bool(self._meta_jobs)
+
+    async def switch_mode(self, mode: str) -> JobStatus:
+        """`cloverwoo mode`: recount every binding from fresh list reads of every location of the new mode.
+
+        Clover is the truth whatever ``source_of_truth`` says: what changes is which Clover figure Woo
+        shows (the sum, or the primary's), never the stores' own counts. Merges keep running meanwhile, so a
+        sale during the switch is merged like any other (the recount's ``version`` check, issue 4).
+        """
+        if self._lock.locked():
+            raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
+        new_cfg = mode_config(self.merge_config, mode, self.all_locations or self.merge_config.locations)
+        async with self._lock:
+            status = self._start("mode", "clover", False)
+            status.report = {"from": self.merge_config.mode, "to": mode}
+            self._meta_jobs.add(status.id)
+            try:
+                await self.store.set_kv(MODE_KEY, mode)  # chosen: the next start keeps it (modes.py)
+                self.merge_config = new_cfg
+                # A binding whose locations change is recounted; until its Initialise, a merge of it must
+                # also take Clover as the truth, or a Woo-truth config would push one figure into the other.
+                self.on_mode(msgspec.structs.replace(new_cfg, source_of_truth="clover"))
+                snap = await self.snapshot()
+                bindings = [b for b in self._bindings_after(snap) if b.tracked and not b.excluded]
+                status.report = {**snap.report, **status.report}
+                await self._recount(status, snap, bindings)
+                await self.store.set_kv(MODE_SYNCED_KEY, mode)
+                return self._finish(status)
+            except BaseException as exc:
+                self._fail(status, exc)
+                raise
+            finally:
+                self.on_mode(new_cfg)
+                self._meta_jobs.discard(status.id)
+
+    # -- end issue 5
 
     # ------------------------------------------------------------ scheduling
 
@@ -130,7 +180,7 @@ class JobRunner:
             task_status.started()
             await self._schedule()
 
-    def start(self, kind: str, *, truth: str = "", dry_run: bool = False) -> None:
+    def start(self, kind: str, *, truth: str = "", dry_run: bool = False, mode: str = "") -> None:
         """Run a job in the background (it outlives the admin connection that asked for it)."""
         if self._lock.locked():
             raise JobBusy(f"a {self.current.kind if self.current else 'catalogue'} job is running; "
@@ -142,6 +192,8 @@ class JobRunner:
             try:
                 if kind == "sync":
                     await self.sync(truth, dry_run=dry_run)
+                elif kind == "mode":  # issue 5
+                    await self.switch_mode(mode)
                 else:
                     await self.reconcile(dry_run=dry_run, full=kind == "full")
             except (RemoteError, JobBusy) as exc:
@@ -159,6 +211,24 @@ class JobRunner:
             except RemoteError as exc:
                 attempt += 1
                 log.warning("catalogue_read_failed", error=str(exc)[:300], attempt=attempt)
+                await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
+        # issue 7: a change found by a poll whose cursor was saved before its merge finished, or whose
+        # webhook was refused while the daemon was down, has no inbox event: after a crash nothing would
+        # trigger it until the next reconcile (never, with reconcile_every = "off"). One pass at start
+        # compares the list reads with the bases and merges what drifted.
+        try:
+            await self.reconcile(dry_run=False)
+        except (RemoteError, JobBusy) as exc:
+            log.warning("startup_reconcile_skipped", error=str(exc)[:300])
+        # -- end issue 7
+        attempt = 0
+        while self.mode_recount_at_start:  # issue 5: a mode change the bindings were not recounted under
+            try:
+                await self.switch_mode(self.merge_config.mode)
+                self.mode_recount_at_start = False
+            except RemoteError as exc:
+                attempt += 1
+                log.warning("mode_recount_failed", error=str(exc)[:300], attempt=attempt)
                 await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
         if saved:
             prev = msgspec.json.decode(saved, type=JobStatus)
@@ -197,6 +267,7 @@ class JobRunner:
 
     async def snapshot(self) -> Snapshot:
         """Read both catalogues, match, and send binding changes to the shards."""
+        versions = {b.binding_id: b.version for b in self.table.all()}  # before the reads: a later merge shows
         clover_lists: dict[str, list[CloverItem]] = {}
 
         async def read(loc: str, client: CloverPort) -> None:
@@ -209,10 +280,14 @@ class JobRunner:
 
         async with trio.open_nursery() as n:
             for loc, client in self.clovers.items():
-                n.start_soon(read, loc, client)
+                if loc in self.merge_config.locations:  # issue 5: single mode lists the primary only
+                    n.start_soon(read, loc, client)
             n.start_soon(read_woo)
         report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary)
         put, removed = matching.reconcile_bindings(self.table.all(), report)
+        # issue 8: a new binding whose SKU was excluded beforehand is born excluded (the shard does the same)
+        put = [msgspec.structs.replace(b, excluded=True) if b.binding_id not in self.table and not b.excluded
+               and self.excluded_sku(b.sku) else b for b in put]
         nshards = len(self.shards)
         changed = 0
         for b in put:
@@ -230,6 +305,7 @@ class JobRunner:
             clover={loc: {i.item_id: i for i in items} for loc, items in clover_lists.items()},
             woo={w.ref: w for w in woo_list},
             report=summary,
+            versions=versions,
         )
         self._expected = {b.binding_id: b for b in put}
         return snap
@@ -315,6 +391,9 @@ class JobRunner:
                     if self.is_busy(b.binding_id):
                         busy += 1  # a trigger already has it: not drift, just not merged yet
                         continue
+                    if b.version != snap.versions.get(b.binding_id, b.version):
+                        busy += 1  # issue 4: merged since the reads: the bases are newer than the lists
+                        continue
                     drifted.append(b.binding_id)
                     woo_side += bool(plan.dw)
                     clover_side += bool(any(plan.dc.values()))
@@ -376,7 +455,8 @@ class JobRunner:
             for b in todo:
                 reads = snap.reads(b, self.merge_config.locations)
                 await self.shards[shard_of(b.binding_id, nshards)].send(
-                    Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id)
+                    Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id,
+                               version=snap.versions.get(b.binding_id, b.version))
                 )
             last_saved = time.monotonic()
             while waiting:

@@ -11,11 +11,18 @@ Rules:
   missing what changed while the daemon was down.
 - A failing location is reported (``reachable=False``) and retried; it never
   blocks another location, since each has its own actor, client and budget.
+- Reachability is learnt from every request attempt of the location's client
+  (:class:`Reachability`): a location is down after ``down_after`` seconds of
+  failed attempts and no answer, and back at its first answer. The shards skip
+  a down location's reads instead of waiting through the client's retries.
+- An inactive location (not in the merge config's locations: single mode)
+  makes no call at all: its poll idles and an order lookup is answered empty.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -31,9 +38,60 @@ log = structlog.get_logger("cloverwoo.location")
 OVERLAP_MS = 5_000
 
 
+class Reachability:
+    """Which locations answer now, shared by the location clients (who learn it) and the shards (who skip).
+
+    Down means: attempts failed for at least ``down_after`` seconds, ``min_failures`` of them, and none was
+    answered meanwhile; a single failure among answers (a flaky 503) never counts as down. The first answer
+    brings the location back and calls every ``on_return`` hook (the shards' catch-up).
+    """
+
+    def __init__(self, *, down_after: float = 2.0, min_failures: int = 3) -> None:
+        self.down_after = down_after
+        self.min_failures = min_failures
+        self._failing: dict[str, tuple[float, int]] = {}  # location -> (first failure, failures) since an answer
+        self._down: set[str] = set()
+        self._went_down: dict[str, trio.Event] = {}
+        self.on_return: list[Callable[[str], None]] = []
+        self.on_down: list[Callable[[str, str], None]] = []
+
+    def is_down(self, location: str) -> bool:
+        return location in self._down
+
+    def down(self) -> set[str]:
+        return set(self._down)
+
+    def went_down(self, location: str) -> trio.Event:
+        """Set when ``location`` goes down next (a read in flight stops waiting on it)."""
+        ev = self._went_down.get(location)
+        if ev is None:
+            ev = self._went_down[location] = trio.Event()
+        return ev
+
+    def attempt(self, location: str, ok: bool, reason: str = "") -> None:
+        if ok:
+            self._failing.pop(location, None)
+            if location in self._down:
+                self._down.discard(location)
+                log.info("location_reachable_again", location=location)
+                for hook in list(self.on_return):
+                    hook(location)
+            return
+        now = time.monotonic()
+        first, n = self._failing.get(location, (now, 0))
+        self._failing[location] = (first, n + 1)
+        if location not in self._down and n + 1 >= self.min_failures and now - first >= self.down_after:
+            self._down.add(location)
+            log.warning("location_unreachable", location=location, error=reason[:300])
+            self._went_down.pop(location, trio.Event()).set()
+            for down_hook in list(self.on_down):
+                down_hook(location, reason)
+
+
 @dataclass
 class LocationStatus:
     reachable: bool = True
+    active: bool = True  # issue 5: False in single mode for every location but the primary (no calls)
     last_poll_ok: float | None = None  # unix
     last_error: str = ""
     consecutive_failures: int = 0
@@ -58,6 +116,17 @@ class LocationActor:
     _lookups: dict[str, list[LookupOrder]] = field(default_factory=dict)
     _lookup_polls: dict[str, int] = field(default_factory=dict)  # order id -> feed polls that missed it
     _wake: trio.Event = field(default_factory=trio.Event)
+    # issue 5: whether the merge config reads this location now (single mode: only the primary)
+    active: Callable[[], bool] = lambda: True
+    reach: Reachability | None = None
+
+    def observe(self, ok: bool, reason: str) -> None:
+        """The client's hook: one request attempt's outcome."""
+        if self.reach is not None:
+            self.reach.attempt(self.name, ok, reason)
+            self.status.reachable = not self.reach.is_down(self.name)
+            if not ok:
+                self.status.last_error = reason[:300]
 
     async def run(
         self,
@@ -70,6 +139,10 @@ class LocationActor:
                 n.start_soon(self._poll_loop)
             task_status.started()
             async for req in lookups:
+                if not self.active():  # issue 5: an inactive location is never called
+                    await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono,
+                                                    clover={self.name: set()}))
+                    continue
                 if self.poll_every:
                     self._lookups.setdefault(req.order_id, []).append(req)
                     self._wake.set()  # the feed is read now, not at the next tick
@@ -104,6 +177,9 @@ class LocationActor:
             with trio.move_on_after(self.poll_every):
                 await self._wake.wait()
             self._wake = trio.Event()
+            self.status.active = self.active()
+            if not self.status.active:  # issue 5: single mode, not the primary: no calls at all
+                continue
             try:
                 found: set[str] = set()
                 items = []
@@ -143,7 +219,7 @@ class LocationActor:
                     await self.store.set_kv(orders_key, str(orders_cursor))
                 self._prune(items_cursor, orders_cursor)
                 self.status.polls += 1
-                self.status.reachable = True
+                self.status.reachable = self.reach is None or not self.reach.is_down(self.name)
                 self.status.consecutive_failures = 0
                 self.status.last_poll_ok = time.time()
             except RemoteError as exc:

@@ -27,9 +27,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+import outcome
 import structlog
 import trio
 
@@ -37,10 +38,22 @@ from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow
-from cloverwoo_daemon.messages import CatalogueUpdate, EventsSettled, Initialise, MarkDirty, SetStock, ShardCommand
-from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort, WooPort
+from cloverwoo_daemon.messages import (
+    CatalogueUpdate,
+    EventsSettled,
+    Initialise,
+    MarkDirty,
+    SetExcluded,  # issue 8
+    SetStock,
+    ShardCommand,
+)
+from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StockWrite, StorePort, WooPort
+
+if TYPE_CHECKING:
+    from cloverwoo_daemon.actors.location import Reachability  # issue 5
 
 log = structlog.get_logger("cloverwoo.shard")
+LOCATION_META_KEY = "_cloverwoo_location_stock"  # issue 5: {location: quantity} as JSON, per-location mode
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -100,6 +113,11 @@ class ShardDeps:
     on_stock: Callable[[Binding], None] = lambda b: None  # alerts hook: a merge of this binding committed
     on_failure: Callable[[str, int], None] = lambda bid, attempts: None  # alerts hook: consecutive failed merges
     on_job_item: Callable[[str, str, str], None] = lambda job_id, bid, result: None  # jobs: one recount done
+    excluded_sku: Callable[[str], bool] = lambda sku: False  # issue 8: a new binding with this SKU is born excluded
+    # -- issue 5: locations down are skipped (and caught up on return); per-location figures as Woo meta
+    reach: Reachability | None = None
+    mode_job: Callable[[str], bool] = lambda job_id: False  # this job is a mode switch (jobs.switch_mode)
+    mode_switching: Callable[[], bool] = lambda: False  # a mode switch is running
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
 
@@ -118,6 +136,16 @@ class ShardActor:
         self._failures: dict[str, int] = {}
         self._catalogue: dict[str, CatalogueUpdate] = {}
         self._set_stock: dict[str, list[SetStock]] = {}  # CSV rows waiting for their binding's turn
+        self._exclusion: dict[str, bool] = {}  # issue 8: exclude/include waiting for the binding's turn
+        # -- issue 5: bindings merged without a location that was down (merged again when it answers);
+        # bindings whose per-location meta write failed (written by their next merge, even if unchanged).
+        self._stale: dict[str, set[str]] = {}
+        self._meta_owed: set[str] = set()
+        # Woo bases a mode switch's catalogue change dropped: what Woo showed, so an online sale not yet
+        # merged is still routed to Clover (see _carry_woo_change) instead of being overruled by the recount.
+        self._prior_woo: dict[str, int] = {}
+        if deps.reach is not None:
+            deps.reach.on_return.append(self._location_returned)
         self._sem = trio.Semaphore(deps.max_parallel)
         self._nursery: trio.Nursery | None = None
         self.merges = 0
@@ -136,6 +164,7 @@ class ShardActor:
             "merges": self.merges,
             "failed_merges": self.failed_merges,
             "echoes_skipped": self.echoes_skipped,
+            "stale": len(set().union(*self._stale.values())) if self._stale else 0,  # issue 5
         }
 
     def has_pending(self, bid: str) -> bool:
@@ -183,6 +212,10 @@ class ShardActor:
                     case SetStock():
                         self._set_stock.setdefault(cmd.binding_id, []).append(cmd)
                         self._enqueue(cmd.binding_id, (), "csv", trio.current_time())
+                    case SetExcluded():  # issue 8
+                        self._exclusion[cmd.binding_id] = cmd.excluded
+                        self._enqueue(cmd.binding_id, (), "exclude" if cmd.excluded else "include",
+                                      trio.current_time())
                     case Initialise():
                         p = _Pending(initialise=cmd)
                         p.absorb((), "initialise", trio.current_time())
@@ -281,7 +314,11 @@ class ShardActor:
                 return False
         binding = d.table.get(bid)
         if binding is None:
+            self._exclusion.pop(bid, None)  # issue 8: the SKU set keeps it for a later binding
             return False  # unbound since the trigger arrived: nothing to do
+        binding = await self._take_exclusion(binding, trigger)  # issue 8
+        if binding.excluded and pending.triggers <= {"exclude"} and bid not in d.intents:
+            return False  # issue 8: only the exclusion itself: nothing to read, nothing will be written
         while self._set_stock.get(bid):
             # A recount typed into a CSV: Clover is set absolutely, like a count at the store; the bases
             # stay, so this very merge sees it as a Clover-side change and carries it to Woo as a delta.
@@ -337,6 +374,7 @@ class ShardActor:
             if not binding.clover_items:
                 return False
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
+        binding = self._carry_woo_change(binding, reads, pending)  # issue 5
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
         rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
         if read_failed:
@@ -346,6 +384,8 @@ class ShardActor:
     async def _initialise(self, bid: str, pending: _Pending, req: Initialise) -> bool:
         """Recount a binding from list reads with ``req.truth`` as the truth (initial sync, import, push)."""
         d = self.deps
+        if d.mode_job(req.job_id):  # issue 5: a mode switch recounts from fresh reads, carrying Woo's changes
+            return await self._merge(bid, pending)
         update = self._catalogue.pop(bid, None)
         if update is not None and not await self._apply_catalogue(update, "initialise"):
             self.deps.on_job_item(req.job_id, bid, "unbound")
@@ -354,10 +394,40 @@ class ShardActor:
         if binding is None:
             self.deps.on_job_item(req.job_id, bid, "unbound")
             return False
-        if bid in d.intents:
-            woo_stock = await d.woo.get_stock(binding.woo)
-            binding = await self._recover(binding, _intent_decoder.decode(d.intents[bid]),
-                                          woo_stock.version_marker, "initialise")
+        binding = await self._take_exclusion(binding, "initialise")  # issue 8
+        if req.version is not None and binding.version != req.version:
+            # issue 4: a merge committed after the job's list reads. It already carried the changes it saw
+            # to both sides, so those reads are older than the bases and a recount from them would apply
+            # those changes a second time. The bases are sound: a plain merge from fresh reads finishes.
+            return await self._merge(bid, pending)
+        retry = "retry" in pending.triggers
+        if bid in d.intents or retry:
+            # issue 4: a crash or a failed attempt: the product may be gone since the job listed it
+            # (retrying the job's reads would then fail for ever, holding the job and its lock).
+            try:
+                woo_stock = await d.woo.get_stock(binding.woo)
+            except NotFound:
+                woo_stock = None
+            if woo_stock is None or woo_stock.status == "trash":
+                await self._unbind(binding, "WooCommerce product deleted" if woo_stock is None
+                                   else "WooCommerce product trashed", "initialise")
+                return False
+            if bid in d.intents:
+                bases = (binding.base_woo, binding.base_clover)
+                binding = await self._recover(binding, _intent_decoder.decode(d.intents[bid]),
+                                              woo_stock.version_marker, "initialise")
+                if (binding.base_woo, binding.base_clover) != bases:
+                    return await self._merge(bid, pending)  # a write landed that the list reads may predate
+            if retry:  # recount from fresh reads: the job's are older still, and may be what failed
+                clover, failed, gone = await self._read_clover(binding)
+                if gone:
+                    binding = await self._drop_locations(binding, gone, "initialise")
+                    if not binding.clover_items:
+                        return False
+                if failed:
+                    raise _MergeFailed()
+                req = msgspec.structs.replace(req, woo=woo_stock.quantity if woo_stock.manage_stock else None,
+                                              clover=clover)
         if binding.excluded or not binding.tracked or req.woo is None:
             return False
         reads = core_merge.Reads(
@@ -371,7 +441,8 @@ class ShardActor:
             await d.store.append_log([self._row(binding, "warning", "initialise_skipped", "initialise",
                                                 detail={"reason": plan.skip, "job": req.job_id})])
             return False
-        return await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False)
+        return await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False,
+                                   shown=binding)  # issue 5
 
     async def _execute(
         self,
@@ -382,12 +453,14 @@ class ShardActor:
         trigger: str,
         *,
         reread_clover: bool,
+        shown: Binding | None = None,  # issue 5: the binding whose figures Woo shows (a recount resets bases)
     ) -> bool:
         """Carry out a plan step by step (intent first, bases moved after each write); True to merge again."""
         d = self.deps
         bid = binding.binding_id
         clover_reads = reads.clover
         rerun = False
+        shown_figures = self._figures(shown or binding)  # issue 5
         if not plan.woo_delta and not any(plan.clover_deltas.values()):
             new = core_merge.finish(core_merge.after_woo_step(binding, plan), plan)
             if (new.base_woo, new.base_clover) != (binding.base_woo, binding.base_clover):
@@ -395,6 +468,7 @@ class ShardActor:
                                                                  reads=reads, latency=pending.received_at))
                 d.table.put(new)
                 d.on_stock(new)
+            await self._write_location_meta(new, shown_figures, pending, None)  # issue 5
             await self._flag(new, plan, trigger)
             self._record(trigger, pending)
             return False
@@ -410,8 +484,15 @@ class ShardActor:
         d.intents[bid] = _intent_encoder.encode(intent)
 
         # 1. WooCommerce: the delta and the version marker in one request.
+        attached: dict[str, str] | None = None
         if plan.woo_delta:
-            (res,) = await d.woo.apply_deltas([(binding.woo, plan.woo_delta, plan.version)])
+            # issue 5: the figures this merge will leave go in the same request as the delta
+            expected = msgspec.structs.replace(binding, base_clover={**binding.base_clover, **plan.clover_expected})
+            attached = self._location_meta(expected, shown_figures, pending)
+            change: StockWrite = (binding.woo, plan.woo_delta, plan.version)
+            if attached is not None:
+                change = (binding.woo, plan.woo_delta, plan.version, attached)
+            (res,) = await d.woo.apply_deltas([change])
             if not res.ok:
                 await self._log_failure(bid, pending, RemoteError(f"woocommerce write refused: {res.error}"))
                 raise _MergeFailed()
@@ -478,9 +559,102 @@ class ShardActor:
         d.intents.pop(bid, None)
         d.table.put(binding)
         d.on_stock(binding)
+        await self._write_location_meta(binding, shown_figures, pending, attached)  # issue 5
         await self._flag(binding, plan, trigger)
         self._record(trigger, pending)
         return rerun
+
+    # -- issue 5: per-location figures on the Woo product, and locations that are down
+
+    def _figures(self, binding: Binding) -> dict[str, int]:
+        """Each active location's stock as the bases hold it (what the last merge left there)."""
+        return {loc: q for loc in self.deps.merge_config.active
+                if loc in binding.clover_items and (q := binding.base_clover.get(loc)) is not None}
+
+    def _location_meta(self, binding: Binding, shown: dict[str, int], pending: _Pending) -> dict[str, str] | None:
+        """The meta to write in per-location mode, or None: another mode, or the figures did not change."""
+        d = self.deps
+        if d.merge_config.mode != "per-location":
+            return None
+        figures = self._figures(binding)
+        job = pending.initialise.job_id if pending.initialise is not None else None
+        force = binding.binding_id in self._meta_owed or (job is not None and d.mode_job(job))
+        if not figures or (figures == shown and not force):
+            return None
+        return {LOCATION_META_KEY: json.dumps(figures, sort_keys=True)}
+
+    async def _write_location_meta(self, binding: Binding, shown: dict[str, int], pending: _Pending,
+                                   attached: dict[str, str] | None) -> None:
+        """A meta-only write when the figures changed and the delta's request did not already carry them."""
+        bid = binding.binding_id
+        meta = self._location_meta(binding, shown, pending)
+        if meta is None or meta == attached:
+            self._meta_owed.discard(bid)
+            return
+        try:
+            (res,) = await self.deps.woo.apply_deltas([(binding.woo, 0, binding.version, meta)])
+        except RemoteError:
+            self._meta_owed.add(bid)  # the retry writes it even though the bases will not have moved
+            raise
+        if not res.ok:
+            self._meta_owed.add(bid)
+            await self._log_failure(bid, pending, RemoteError(f"woocommerce meta write refused: {res.error}"))
+            raise _MergeFailed()
+        self._meta_owed.discard(bid)
+
+    def _carry_woo_change(self, binding: Binding, reads: core_merge.Reads, pending: _Pending) -> Binding:
+        """A mode recount: bases that make the merge recount Woo from Clover *and* route Woo's pending change.
+
+        With ``dW`` = Woo's change since its last base and ``C`` the fresh reads of the new mode's locations,
+        Woo must end at ``sum(C) + dW`` and Clover must absorb ``dW``. A binding whose bases are ``C`` but
+        with the primary's lowered by ``sum(C) + dW - W``, and ``base_woo = W - dW``, makes the ordinary
+        merge plan exactly that (and keeps ``base_woo == sum(base_clover)``). Without a known Woo base (never
+        synced) the plain recount from Clover stands.
+        """
+        bid = binding.binding_id
+        job = pending.initialise.job_id if pending.initialise is not None else None
+        mode_recount = job is not None and self.deps.mode_job(job)
+        if binding.base_woo is not None and not mode_recount:
+            return binding
+        prior = self._prior_woo.pop(bid, None)
+        if mode_recount and binding.base_woo is not None:
+            prior = binding.base_woo
+        w = reads.woo
+        cfg = self.deps.merge_config
+        bound = [loc for loc in cfg.active if loc in binding.clover_items]
+        known = {loc: c for loc in bound if (c := reads.clover.get(loc)) is not None}
+        if w is None or not known or len(known) != len(bound) or binding.excluded or not binding.tracked:
+            if prior is not None and binding.base_woo is None:
+                self._prior_woo[bid] = prior  # not this time: a later merge carries it
+            return binding
+        dw = w - prior if prior is not None else 0
+        if prior is None and not mode_recount:
+            return binding
+        if prior is None:
+            return msgspec.structs.replace(binding, base_woo=None, base_clover={})  # recount: Clover is right
+        stand_in = cfg.primary if cfg.primary in known else next(iter(known))
+        base_clover = dict(known)
+        base_clover[stand_in] -= sum(known.values()) + dw - w
+        return msgspec.structs.replace(binding, base_woo=w - dw, base_clover=base_clover)
+
+    def _mark_stale(self, location: str, bid: str) -> None:
+        self._stale.setdefault(location, set()).add(bid)
+
+    def _location_returned(self, location: str) -> None:
+        """Reachability hook: merge again every binding merged without this location."""
+        bids = self._stale.pop(location, set())
+        if bids:
+            log.info("location_catch_up", location=location, bindings=len(bids), shard=self.index)
+        now = trio.current_time()
+        for bid in bids:
+            p = _Pending()
+            p.absorb((), f"catchup:{location}", now)
+            if self._nursery is None:
+                self._dirty.setdefault(bid, _Pending()).absorb_pending(p)  # scheduled when the actor runs
+            else:
+                self._enqueue_pending(bid, p)
+
+    # -- end issue 5
 
     async def _apply_catalogue(self, update: CatalogueUpdate, trigger: str) -> bool:
         """Apply new catalogue fields, keeping the freshest bases; False when the binding is gone."""
@@ -501,8 +675,12 @@ class ShardActor:
             same_cover = current.woo == new.woo and all(
                 new.clover_items.get(loc) == item for loc, item in current.clover_items.items()
             )
+            if not same_cover and current.woo == new.woo and current.base_woo is not None and d.mode_switching():
+                self._prior_woo[new.binding_id] = current.base_woo  # issue 5
             new = msgspec.structs.replace(new, base_woo=current.base_woo if same_cover else None,
                                           base_clover=kept, version=current.version, excluded=current.excluded)
+        elif d.excluded_sku(new.sku):
+            new = msgspec.structs.replace(new, excluded=True)  # issue 8: excluded before it was bound
         if new != current:
             await d.store.put_bindings([new])
             d.table.put(new)
@@ -511,6 +689,56 @@ class ShardActor:
                                                     detail={"matched_by": new.matched_by, "clover": new.clover_items,
                                                             "tracked": new.tracked})])
         return True
+
+    # -- issue 8: exclusions
+
+    async def _take_exclusion(self, binding: Binding, trigger: str) -> Binding:
+        """Apply a waiting exclude/include before this merge reads anything; kept for a retry if it fails."""
+        flag = self._exclusion.pop(binding.binding_id, None)
+        if flag is None:
+            return binding
+        try:
+            return await self._set_excluded(binding, flag, trigger)
+        except BaseException:
+            self._exclusion.setdefault(binding.binding_id, flag)
+            raise
+
+    async def _set_excluded(self, binding: Binding, excluded: bool, trigger: str) -> Binding:
+        """Flip a binding's ``excluded`` flag, committed with a log row.
+
+        Including resets the bases, so the merge that follows is an initial
+        sync by the source of truth. The bases are the two sides' agreement at
+        the last sync; while the binding was excluded both sides moved on their
+        own (a recount typed into one, sales on both, a bulk edit), and a
+        three-way merge from those stale bases would add every one of those
+        moves to the other side as if it were a sale: a recount of 50 on Woo
+        would be pushed to Clover as +N, doubling stock. Nobody can tell
+        sales from corrections after the fact, so the merchant's source of
+        truth wins, exactly as on the first day.
+        """
+        d = self.deps
+        bid = binding.binding_id
+        if binding.excluded == excluded:
+            return binding
+        if not excluded and bid in d.intents:
+            # A merge interrupted before the exclusion: finish its bookkeeping on the old bases first.
+            woo_stock = await d.woo.get_stock(binding.woo)
+            binding = await self._recover(binding, _intent_decoder.decode(d.intents[bid]),
+                                          woo_stock.version_marker, trigger)
+        if excluded:
+            new = msgspec.structs.replace(binding, excluded=True)
+        else:
+            new = msgspec.structs.replace(binding, excluded=False, base_woo=None, base_clover={})
+        row = self._row(new, "info", "excluded" if excluded else "included", trigger,
+                        detail={"bases_reset": not excluded})
+        await d.store.commit_binding(new, log=row)
+        d.table.put(new)
+        log.info("excluded" if excluded else "included", binding_id=bid, sku=new.sku)
+        if excluded:
+            d.on_stock(new)  # lets the out-of-stock behaviour undo what it did to this product
+        return new
+
+    # -- end issue 8
 
     async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
         raw = _intent_encoder.encode(intent)
@@ -527,8 +755,21 @@ class ShardActor:
 
         async def one(loc: str, item_id: str) -> None:
             nonlocal failed
+            reach = d.reach
             try:
-                reads[loc] = await d.clovers[loc].get_stock(item_id)
+                if reach is None:
+                    reads[loc] = await d.clovers[loc].get_stock(item_id)
+                else:
+                    # issue 5: a location that is down is not waited on (its retries would hold this merge
+                    # and every healthy location's change in it); the binding is merged again when it answers.
+                    answered, got = False, None
+                    if not reach.is_down(loc):
+                        answered, got = await _unless(reach.went_down(loc), d.clovers[loc].get_stock(item_id))
+                    if not answered:
+                        reads[loc] = None
+                        self._mark_stale(loc, binding.binding_id)
+                        return
+                    reads[loc] = got
             except NotFound:
                 reads[loc] = None
                 gone.add(loc)
@@ -570,6 +811,13 @@ class ShardActor:
         resolved: dict[str, str] = {}
         for loc in in_doubt:
             target = intent.clover_targets.get(loc)
+            # issue 7: read_then_write commits the target concurrently with the POST, so a kill can leave a
+            # landed write with no recorded target. The merge's own read plus the delta is the target it sent
+            # unless a POS change landed in between (then the fresh read matches neither and it is flagged);
+            # assuming "not landed" here made the next merge carry the write back to Woo: a sale twice.
+            if target is None and loc in intent.clover_started and loc in intent.clover_reads:
+                target = intent.clover_reads[loc] + intent.clover_deltas.get(loc, 0)
+            # -- end issue 7
             item_id = recovered.clover_items.get(loc)
             if target is None or item_id is None or loc not in d.clovers:
                 # A write that began (read sent) but whose target was never recorded may have landed:
@@ -668,6 +916,26 @@ class ShardActor:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:500]
+
+
+async def _unless(event: trio.Event, aw: Awaitable[A]) -> tuple[bool, A | None]:
+    """issue 5: ``(True, result)`` of ``aw``, or ``(False, None)`` when ``event`` is set first (it is cancelled)."""
+    got: list[outcome.Outcome[A]] = []
+
+    async def run(scope: trio.CancelScope) -> None:
+        got.append(await outcome.acapture(lambda: aw))
+        scope.cancel()
+
+    async def watch(scope: trio.CancelScope) -> None:
+        await event.wait()
+        scope.cancel()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, n.cancel_scope)
+        n.start_soon(watch, n.cancel_scope)
+    if not got:
+        return False, None
+    return True, got[0].unwrap()
 
 
 async def _both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:

@@ -18,18 +18,19 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import outcome
 import trio
 
 from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
-from cloverwoo_daemon.ports import WooPort
+from cloverwoo_daemon.ports import StockWrite, WooPort
 
 
 @dataclass
 class _Waiter:
-    changes: list[tuple[WooRef, int, int]]
+    changes: list[StockWrite]  # issue 5: may carry extra meta
     done: trio.Event = field(default_factory=trio.Event)
     result: outcome.Outcome[list[WooWriteResult]] | None = None
 
@@ -102,7 +103,7 @@ class BatchingWoo:
 
     # -------------------------------------------------------------- WooPort
 
-    async def apply_deltas(self, changes: list[tuple[WooRef, int, int]]) -> list[WooWriteResult]:
+    async def apply_deltas(self, changes: Sequence[StockWrite]) -> list[WooWriteResult]:
         if not changes:
             return []
         w = _Waiter(list(changes))

@@ -64,14 +64,18 @@ __all__ = [
     "conflict_alert",
     "evaluate",
     "failure_alert",
+    "health_alert",
     "margin_for",
     "render",
     "snapshot_of",
     "threshold_for",
 ]
 
-AlertKind = Literal["low_stock", "out_of_stock", "oversell", "conflict", "sync_failure", "drift"]
-KINDS: tuple[AlertKind, ...] = ("out_of_stock", "oversell", "low_stock", "sync_failure", "conflict", "drift")
+AlertKind = Literal["low_stock", "out_of_stock", "oversell", "conflict", "sync_failure", "drift",
+                    "webhook_disabled", "webhook_silent", "unreachable"]
+KINDS: tuple[AlertKind, ...] = ("out_of_stock", "oversell", "low_stock", "sync_failure", "conflict", "drift",
+                                "webhook_disabled", "webhook_silent", "unreachable")
+HEALTH_KINDS: frozenset[AlertKind] = frozenset({"webhook_disabled", "webhook_silent", "unreachable"})
 
 MAX_ROWS = 500  # rows listed in one email; the rest are counted ("... and 12 more")
 
@@ -286,6 +290,13 @@ def drift_alert(drifted: int, total: int, *, at: float = 0.0) -> Alert:
     )
 
 
+def health_alert(kind: AlertKind, subject: str, detail: str, *, at: float = 0.0) -> Alert:
+    """A webhook or reachability alert about ``subject`` (a webhook, a location); deduplicated by it."""
+    if kind not in HEALTH_KINDS:
+        raise ValueError(f"{kind} is not a health alert")
+    return Alert(kind=kind, key=f"{kind}:{subject}:{at:.6f}", name=subject, detail=detail[:300], at=at)
+
+
 def drift_worth_alerting(drifted: int, total: int) -> bool:
     """More than a stray event: at least 5 products, or 1 % of them when that is more."""
     return drifted >= max(5, total // 100)
@@ -304,6 +315,10 @@ _TITLES: dict[AlertKind, tuple[str, str]] = {
     "conflict": ("Sync conflict: {name} ({sku})", "Sync conflicts on {n} products"),
     "sync_failure": ("Sync failing: {name} ({sku})", "Sync failing for {n} products"),
     "drift": ("Reconciliation corrected drift: {name}", "Reconciliation corrected drift {n} times"),
+    "webhook_disabled": ("WooCommerce disabled a webhook: {name} (re-enabled)",
+                         "WooCommerce disabled {n} webhooks (re-enabled)"),
+    "webhook_silent": ("No Clover webhook received: {name}", "No Clover webhooks received ({n} notices)"),
+    "unreachable": ("Unreachable: {name}", "{n} stores or locations unreachable"),
 }
 
 _INTROS: dict[AlertKind, str] = {
@@ -315,6 +330,13 @@ _INTROS: dict[AlertKind, str] = {
     "sync_failure": "The sync of these products keeps failing; both sides may disagree until it is fixed:",
     "drift": ("Reconciliation found stock changes that no webhook or poll had reported and corrected them. "
               "Webhooks are probably being lost: check the webhooks' status in WooCommerce and Clover:"),
+    "webhook_disabled": ("WooCommerce disabled these webhooks after repeated failed deliveries (the events it "
+                         "failed to deliver are lost; polling and reconciliation catch up). The daemon re-enabled "
+                         "them; if this repeats, check that the daemon's public address is reachable:"),
+    "webhook_silent": ("The Clover poll keeps finding changes but no Clover webhook has arrived. Changes still "
+                       "sync through polling, only slower. Check the webhook URL and its verification in the "
+                       "Clover developer dashboard:"),
+    "unreachable": ("The daemon cannot reach these; their changes wait until they answer again:"),
 }
 
 
@@ -338,6 +360,13 @@ def render(kind: AlertKind, alerts: Sequence[Alert]) -> tuple[str, str]:
                              stock=_fmt(first.stock), threshold=_fmt(first.threshold))
     else:
         subject = many.format(n=len(alerts))
+    if kind in HEALTH_KINDS:  # about webhooks and locations, not products: one line each
+        lines = [_INTROS[kind], ""] + [f"- {_clean(a.name)}: {_clean(a.detail)}" for a in alerts[:MAX_ROWS]]
+        if len(alerts) > MAX_ROWS:
+            lines.append(f"... and {len(alerts) - MAX_ROWS} more")
+        stamp = datetime.fromtimestamp(min(a.at for a in alerts), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines += ["", f"First noticed {stamp}. Sent by cloverwoo-daemon; see `cloverwoo status`."]
+        return subject, "\n".join(lines) + "\n"
     rows: list[tuple[str, str, str, str, str]] = [("SKU", "Name", "Location", "Stock", "Threshold")]
     notes: list[str] = []
     for a in alerts[:MAX_ROWS]:
@@ -400,13 +429,16 @@ class Dispatcher:
         # store; the window compares what they are about.
         if alert.kind in ("sync_failure", "low_stock", "out_of_stock"):
             return f"{alert.kind}:{alert.binding_id}"
+        if alert.kind in HEALTH_KINDS:
+            return f"{alert.kind}:{alert.name}"
         return alert.key
 
     def add(self, alert: Alert, now: float) -> bool:
         """Queue an alert; False when it was dropped as a duplicate of one sent recently."""
         dk = self._dedup_key(alert)
         sent = self._sent_keys.get(dk)
-        if alert.kind == "sync_failure" and sent is not None and now - sent < self.policy.dedup_window:
+        if (alert.kind == "sync_failure" or alert.kind in HEALTH_KINDS) and sent is not None \
+                and now - sent < self.policy.dedup_window:
             return False
         if alert.kind in ("oversell", "conflict") and sent is not None:
             return False

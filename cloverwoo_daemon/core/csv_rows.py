@@ -7,8 +7,12 @@ Rules:
   spreadsheet expects, UTF-8 (a byte-order mark is tolerated on import).
 - An import sets ``clover_stock`` for each (SKU or id, location) row: the
   count at that store, as after a recount. WooCommerce follows through the
-  normal merge (the sum over locations in aggregate mode), so ``woo_stock``
-  is informative on import and ignored.
+  normal merge (the sum over locations in aggregate mode). ``woo_stock`` is
+  never written; it is the file's "as of" stamp: when it is filled in and the
+  product's agreed WooCommerce stock is no longer that figure, the stock
+  moved since the export and the row is rejected, so re-importing an
+  edited export cannot undo the sales made meanwhile. An empty ``woo_stock``
+  sets the count regardless.
 - A file whose header is not the export's is refused whole: nothing is
   applied. Otherwise every row is checked first (unknown SKU or id, unknown
   location, non-numeric or negative quantity, the same binding and location
@@ -77,9 +81,13 @@ def format_rows(rows: Iterable[ExportRow]) -> str:
 
 
 def parse_import(
-    text: str, *, match: Match, known: Mapping[str, frozenset[str]]
+    text: str, *, match: Match, known: Mapping[str, frozenset[str]],
+    woo_now: Mapping[str, int | None] | None = None,
 ) -> tuple[list[ImportRow], list[RowError]]:
     """Check every row of an import; ``known`` maps each binding key to the locations it is bound at.
+
+    ``woo_now`` maps a binding key to its agreed WooCommerce stock now (None:
+    never synced); with it, a filled-in ``woo_stock`` must still be that figure.
 
     Error handling: ``HeaderError`` when the header is wrong (apply nothing);
     otherwise the accepted rows and one ``RowError`` per rejected row.
@@ -143,6 +151,20 @@ def parse_import(
         if quantity < 0:
             errors.append(RowError(line, f"clover_stock {quantity} is negative"))
             continue
+        stamp = row["woo_stock"]
+        if stamp and woo_now is not None:
+            try:
+                then = int(stamp)
+            except ValueError:
+                errors.append(RowError(line, f"woo_stock {stamp!r} is not a whole number (leave it empty to "
+                                             "set the count regardless)"))
+                continue
+            now = woo_now.get(key)
+            if now != then:
+                errors.append(RowError(line, f"stock changed since the export: woo_stock {then} in the file, "
+                                             f"{'unknown' if now is None else now} now (export again, or empty "
+                                             "woo_stock to set the count regardless)"))
+                continue
         first = seen.get((key, location))
         if first is not None:
             errors.append(RowError(line, f"duplicate of line {first} ({key!r} at {location!r})"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -38,7 +38,8 @@ import trio
 from cloverwoo_daemon.core import oauth1
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
-from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
+from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
+from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError, StockWrite
 
 __all__ = ["VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
 
@@ -106,6 +107,19 @@ def _marker(meta: Iterable[Any]) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+# -- issue 5: one stock write's batch entry; a zero delta with meta sends the meta only (no stock write)
+def _stock_update(change: StockWrite) -> dict[str, Any]:
+    ref, delta, version = change[0], change[1], change[2]
+    meta = [{"key": VERSION_META_KEY, "value": str(version)}]
+    if len(change) > 3:
+        meta += [{"key": k, "value": v} for k, v in change[3].items()]  # type: ignore[misc]
+    update: dict[str, Any] = {"id": ref.variation_id or ref.product_id, "meta_data": meta}
+    if delta:
+        update["inventory_delta"] = delta
+    return update
+# -- end issue 5
 
 
 def _shift_cursor(cursor: str, seconds: int) -> str:
@@ -297,7 +311,7 @@ class WooClient:
             status=str(data.get("status") or "publish"),
         )
 
-    async def apply_deltas(self, changes: list[tuple[WooRef, int, int]]) -> list[WooWriteResult]:
+    async def apply_deltas(self, changes: Sequence[StockWrite]) -> list[WooWriteResult]:
         """Batches per endpoint, ≤ 100 items each, results in the order of ``changes``.
 
         Error handling: an item WooCommerce refuses is ``ok=False`` with its
@@ -307,7 +321,7 @@ class WooClient:
         ``ok=False`` items instead, so the applied results are not lost.
         """
         groups: dict[str, list[int]] = {}
-        for i, (ref, _, _) in enumerate(changes):
+        for i, (ref, *_) in enumerate(changes):
             path = f"/products/{ref.product_id}/variations/batch" if ref.variation_id else "/products/batch"
             groups.setdefault(path, []).append(i)
         results: list[WooWriteResult | None] = [None] * len(changes)
@@ -320,11 +334,7 @@ class WooClient:
                     for i in chunk:
                         results[i] = WooWriteResult(changes[i][0], ok=False, error=f"not attempted: {failure}")
                     continue
-                updates = [
-                    {"id": ref.variation_id or ref.product_id, "inventory_delta": delta,
-                     "meta_data": [{"key": VERSION_META_KEY, "value": str(version)}]}
-                    for ref, delta, version in (changes[i] for i in chunk)
-                ]
+                updates = [_stock_update(changes[i]) for i in chunk]  # issue 5: optional extra meta
                 try:
                     answer = await self._json("POST", path, json={"update": updates}, idempotent=False)
                 except PermanentError as exc:
@@ -462,3 +472,49 @@ class WooClient:
     async def get_setting(self, group: str, setting_id: str) -> str:
         data = await self._json("GET", f"/settings/{group}/{setting_id}")
         return str(data.get("value", ""))
+
+    # ------------------------------------------------------------------
+    # Out-of-stock behaviour (issue 6): catalog visibility, backorders, the contact message
+
+    def _product_path(self, ref: WooRef) -> str:
+        if ref.variation_id:
+            return f"/products/{ref.product_id}/variations/{ref.variation_id}"
+        return f"/products/{ref.product_id}"
+
+    @staticmethod
+    def _presentation(ref: WooRef, data: Any) -> Presentation:
+        if not isinstance(data, dict):
+            raise RemoteError("product answer is not a JSON object")
+        message = ""
+        for m in data.get("meta_data", []) or []:
+            if isinstance(m, dict) and m.get("key") == CONTACT_META_KEY:
+                message = "" if m.get("value") is None else str(m.get("value"))
+        visibility = None if ref.variation_id else str(data.get("catalog_visibility") or "visible")
+        return Presentation(catalog_visibility=visibility, backorders=str(data.get("backorders") or "no"),
+                            contact_message=message)
+
+    async def get_presentation(self, ref: WooRef) -> Presentation:
+        """What the out-of-stock behaviour reads: visibility (None for a variation), backorders, our message."""
+        return self._presentation(ref, await self._json("GET", self._product_path(ref)))
+
+    async def set_presentation(self, ref: WooRef, change: Change) -> Presentation:
+        """Write only the fields ``change`` names (no stock field: a concurrent stock write is not clobbered).
+
+        Idempotent (absolute values), so it is retried like a read.
+        """
+        body: dict[str, Any] = {}
+        if change.catalog_visibility is not None and not ref.variation_id:
+            body["catalog_visibility"] = change.catalog_visibility
+        if change.backorders is not None:
+            body["backorders"] = change.backorders
+        if change.contact_message is not None:
+            body["meta_data"] = [{"key": CONTACT_META_KEY, "value": change.contact_message}]
+        if not body:
+            return await self.get_presentation(ref)
+        return self._presentation(ref, await self._json("PUT", self._product_path(ref), json=body))
+
+    async def update_webhook(self, webhook_id: int, *, secret: str | None = None, status: str | None = None) -> None:
+        """Change a webhook's secret and/or status (``webhooks register``); the secret is never echoed."""
+        body = {k: v for k, v in (("secret", secret), ("status", status)) if v}
+        if body:
+            await self._json("PUT", f"/webhooks/{webhook_id}", json=body)

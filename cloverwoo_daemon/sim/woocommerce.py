@@ -202,6 +202,7 @@ class _Product:
     stock_status: str = "instock"
     backorders: str = "no"
     low_stock_amount: int | None = None
+    catalog_visibility: str = "visible"  # products only (issue 6: the out-of-stock "hide" behaviour)
     parent_id: int = 0
     variations: list[int] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
@@ -564,6 +565,8 @@ class WooSim:
             p.sku = str(body["sku"] or "")
         if body.get("regular_price"):
             p.price = str(body["regular_price"])
+        if "catalog_visibility" in body and p.type != "variation":  # issue 6: out-of-stock "hide"
+            p.catalog_visibility = str(body["catalog_visibility"])
         if "low_stock_amount" in body:
             p.low_stock_amount = None if body["low_stock_amount"] in (None, "") else _intval(body["low_stock_amount"])
         for m in body.get("meta_data", []) or []:
@@ -775,7 +778,7 @@ class WooSim:
             "permalink": f"{self.base_url}/?p={p.id}",
             "date_created": _fmt(p.created), "date_created_gmt": _fmt(p.created),
             "date_modified": _fmt(p.modified), "date_modified_gmt": _fmt(p.modified),
-            "type": p.type, "status": p.status, "featured": False, "catalog_visibility": "visible",
+            "type": p.type, "status": p.status, "featured": False, "catalog_visibility": p.catalog_visibility,
             "description": "", "short_description": "", "sku": p.sku, "price": p.price,
             "regular_price": p.price, "sale_price": "", "on_sale": False, "purchasable": True, "total_sales": 0,
             "virtual": False, "downloadable": False, "tax_status": "taxable", "tax_class": "",
@@ -1086,6 +1089,9 @@ class WooSim:
             raise _invalid_param("stock_quantity", "stock_quantity is not of type integer.")
         if "backorders" in body and body["backorders"] not in ("no", "notify", "yes"):
             raise _invalid_param("backorders", "backorders is not one of no, notify, and yes.")
+        if body.get("catalog_visibility", "visible") not in ("visible", "catalog", "search", "hidden"):
+            raise _invalid_param("catalog_visibility",
+                                 "catalog_visibility is not one of visible, catalog, search, and hidden.")
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:

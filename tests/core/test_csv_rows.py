@@ -69,3 +69,20 @@ def test_random_text_never_crashes(body: str) -> None:
         parse_import(",".join(HEADER) + "\n" + body, match="sku", known=KNOWN)
     except HeaderError:
         pass
+
+
+def test_woo_stock_is_the_files_as_of_stamp() -> None:
+    """A filled-in woo_stock that is no longer the agreed figure means the stock moved since the export."""
+    text = export(("TEE-M", "downtown", 4), ("MUG", "downtown", 12))  # woo_stock = the quantity here
+    rows, errors = parse_import(text, match="sku", known=KNOWN, woo_now={"TEE-M": 4, "MUG": 11})
+    assert [r.key for r in rows] == ["TEE-M"]
+    assert errors[0].line == 3 and "stock changed since the export: woo_stock 12 in the file, 11 now" in \
+        errors[0].reason
+    emptied = text.replace('"12","12"', '"12",""')
+    rows, errors = parse_import(emptied, match="sku", known=KNOWN, woo_now={"TEE-M": 4, "MUG": 11})
+    assert errors == [] and [r.quantity for r in rows] == [4, 12]
+    bad = text.replace('"4","4"', '"4","four"')
+    rows, errors = parse_import(bad, match="sku", known=KNOWN, woo_now={"TEE-M": 4, "MUG": 12})
+    assert [e.line for e in errors] == [2] and "woo_stock 'four' is not a whole number" in errors[0].reason
+    never = parse_import(text, match="sku", known=KNOWN, woo_now={"TEE-M": None, "MUG": 12})[1]
+    assert [e.line for e in never] == [2] and "unknown now" in never[0].reason
