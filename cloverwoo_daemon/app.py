@@ -29,15 +29,15 @@ import trio
 from cloverwoo_daemon.actors.admin import Admin, WebhookHealth
 from cloverwoo_daemon.actors.alerts import AlertActor, AlertDeps
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
-from cloverwoo_daemon.actors.exclusions import Exclusions  # issue 8
-from cloverwoo_daemon.actors.health import HealthActor, HealthDeps  # issue 6
+from cloverwoo_daemon.actors.exclusions import Exclusions
+from cloverwoo_daemon.actors.health import HealthActor, HealthDeps
 from cloverwoo_daemon.actors.intake import Intake, decode_event
 from cloverwoo_daemon.actors.jobs import JobRunner
 from cloverwoo_daemon.actors.location import LocationActor, Reachability
-from cloverwoo_daemon.actors.modes import mode_config, resolve_mode  # issue 5
+from cloverwoo_daemon.actors.modes import mode_config, resolve_mode
 from cloverwoo_daemon.actors.router import LookupOrder, RouteEvent, Router, RouterDeps, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
-from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps  # issue 6
+from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
@@ -87,7 +87,7 @@ def build_clients(
     gate = AppGate(rate=cfg.clover.app_rate, in_flight=cfg.clover.app_in_flight)
     timeout = parse_duration(cfg.clover.timeout, key="clover.timeout") or 30.0
     clovers: dict[str, CloverPort] = {}
-    # issue 5: a client for every configured location (the mode can change at run time); the merge config's
+    # a client for every configured location (the mode can change at run time); the merge config's
     # ``locations`` decides which are called. An OAuth location without a provider (oauth_providers makes
     # them for the active locations only) gets none.
     for loc in cfg.clover.locations:
@@ -140,12 +140,11 @@ async def run_daemon(
         providers, oauth_http = oauth_providers(cfg, store)
         woo, clovers = build_clients(cfg, secrets, providers)
         mcfg = merge_config(cfg)
-        # -- issue 5: the mode chosen with `cloverwoo mode` outlives a restart unless the config's changed
+        # -- the mode chosen with `cloverwoo mode` outlives a restart unless the config's changed
         mode, mode_recount = await resolve_mode(store, cfg.sync.mode)
         all_locations = tuple(loc.name for loc in cfg.clover.locations)
         mcfg = mode_config(mcfg, mode, all_locations)
         reach = Reachability()
-        # -- end issue 5
         router_send, router_recv = trio.open_memory_channel[RouterInput](cfg.server.queue_size)
         settled_send, settled_recv = trio.open_memory_channel[EventsSettled](10_000)
         shard_chans = [trio.open_memory_channel[ShardCommand](10_000) for _ in range(cfg.sync.shards)]
@@ -160,13 +159,13 @@ async def run_daemon(
             store=store,
             table=table,
             shards=[s for s, _ in shard_chans],
-            location_of_merchant={loc.merchant_id: loc.name for loc in cfg.clover.locations},  # issue 5: all
+            location_of_merchant={loc.merchant_id: loc.name for loc in cfg.clover.locations},  # all
             lookups={name: s for name, (s, _) in lookup_chans.items()},
             on_event=saw_event,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
         alerts = build_alerts(cfg, store, table)
-        # -- issue 6: out-of-stock behaviour, fed after the alert actor by the same on_stock hook
+        # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
         stock_policy = StockPolicyActor(StockPolicyDeps(
             woo=woo_admin, store=store, action=cfg.alerts.out_of_stock,
@@ -186,16 +185,16 @@ async def run_daemon(
             store=store, woo=batching_woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
             intents=intents, on_merge=metrics.observe_merge, on_conflict=conflict_seen,
             on_stock=stock_seen, on_failure=alerts.notice_failure,
-            reach=reach,  # issue 5
+            reach=reach,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
         locations = {
             name: LocationActor(name, client, store, table, router_send, clover_poll,
-                                active=lambda n=name: n in shard_deps.merge_config.locations, reach=reach)  # issue 5
+                                active=lambda n=name: n in shard_deps.merge_config.locations, reach=reach)
             for name, client in clovers.items()
         }
-        for name, client in clovers.items():  # issue 5: reachability from every request attempt
+        for name, client in clovers.items():  # reachability from every request attempt
             if isinstance(client, CloverClient):
                 client.on_attempt = locations[name].observe
         woo_poller = WooPoller(woo, store, router_send,
@@ -209,7 +208,7 @@ async def run_daemon(
                          shards=[s for s, _ in shard_chans], merge_config=mcfg, is_busy=has_pending,
                          reconcile_every=reconcile_every, on_drift=alerts.notice_drift)
         shard_deps.on_job_item = jobs.item_done
-        # -- issue 5: `cloverwoo mode` swaps the config the shards and pollers read
+        # -- `cloverwoo mode` swaps the config the shards and pollers read
         jobs.all_locations = all_locations
         jobs.mode_recount_at_start = mode_recount
         shard_deps.mode_job = jobs.is_mode_job
@@ -220,7 +219,6 @@ async def run_daemon(
             log.info("mode_in_effect", mode=new.mode, locations=list(new.locations))
 
         jobs.on_mode = set_mode
-        # -- end issue 5
         admin = Admin(
             store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,
             shards=shards, shard_inboxes=[s for s, _ in shard_chans], locations=locations,
@@ -228,7 +226,7 @@ async def run_daemon(
             store_stats=store.statistics, jobs=jobs,
         )
         admin.alerts = alerts  # type: ignore[attr-defined]
-        # -- issue 6: webhook and reachability health
+        # -- webhook and reachability health
         health_monitor = HealthActor(HealthDeps(
             woo=woo_admin, alert=alerts.notice_health,
             check_every=parse_duration(cfg.alerts.webhook_check_every, key="alerts.webhook_check_every") or 300.0,
@@ -242,13 +240,12 @@ async def run_daemon(
         ))
         admin.stock_policy = stock_policy
         admin.health_monitor = health_monitor
-        # -- issue 8: exclusions (the committed SKU set, loaded before any shard applies a catalogue update)
+        # -- exclusions (the committed SKU set, loaded before any shard applies a catalogue update)
         exclusions = Exclusions(store=store, table=table, shards=[s for s, _ in shard_chans])
         await exclusions.load()
         shard_deps.excluded_sku = exclusions.excluded_sku
         jobs.excluded_sku = exclusions.excluded_sku
         admin.exclusions = exclusions
-        # -- end issue 8
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
@@ -268,15 +265,15 @@ async def run_daemon(
             await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
             await actors.start(supervisor.supervise, "jobs", jobs.run)
             await actors.start(supervisor.supervise, "alerts", alerts.run)
-            await actors.start(supervisor.supervise, "stock-policy", stock_policy.run)  # issue 6
-            await actors.start(supervisor.supervise, "health", health_monitor.run)  # issue 6
+            await actors.start(supervisor.supervise, "stock-policy", stock_policy.run)
+            await actors.start(supervisor.supervise, "health", health_monitor.run)
             await actors.start(supervisor.supervise, "maintenance",
                                lambda task_status: _maintenance_loop(store, task_status))
             interval = systemd.watchdog_interval()
             await actors.start(lambda task_status: supervisor.heartbeat(_watchdog_beat, interval=interval or 1.0,
                                                                         task_status=task_status))
 
-            await exclusions.reconcile()  # issue 8: finish an exclude/include a crash interrupted
+            await exclusions.reconcile()  # finish an exclude/include a crash interrupted
 
             # -- replay what was accepted but not settled before the last stop
             pending = await store.pending_events()

@@ -26,7 +26,7 @@ from cloverwoo_daemon.messages import (
     ImportCsvRequest,
     JobRequest,
     LogRequest,
-    ModeRequest,  # issue 5
+    ModeRequest,
     ReconcileRequest,
     StatusRequest,
     SyncRequest,
@@ -84,11 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     im.add_argument("--dry-run", action="store_true", help="check every row, apply nothing")
     _add_clover_parser(sub)
     _add_issue6_parsers(sub)
-    _add_exclusion_parsers(sub)  # issue 8
-    # -- issue 5
+    _add_exclusion_parsers(sub)
     md = sub.add_parser("mode", help="switch the multi-location mode; every binding is recounted (persisted)")
     md.add_argument("mode", choices=["aggregate", "single", "per-location"])
-    # -- end issue 5
     return p
 
 
@@ -133,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _job(args, SyncRequest(truth=truth, dry_run=args.dry_run))
         case "job":
             return _job(args, JobRequest(follow=True))
-        case "mode":  # issue 5
+        case "mode":
             return _job(args, ModeRequest(mode=args.mode))
         case "export-csv":
             return _admin(args, ExportCsvRequest(), lambda d: _write_csv(args.file, d["csv"]))
@@ -146,11 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             code = _admin(args, ImportCsvRequest(text=text, match=args.match, dry_run=args.dry_run), _print_import)
             return code
-        case "exclude" | "include":  # issue 8
+        case "exclude" | "include":
             return _exclusions(args)
         case "clover":
             return _clover(args)
-        case "threshold" | "out-of-stock" | "dashboard" | "webhooks":  # issue 6
+        case "threshold" | "out-of-stock" | "dashboard" | "webhooks":
             return _issue6(args)
     return EXIT_USAGE
 
@@ -168,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(secrets=secrets.values())
     failed: list[BaseException] = []
     try:
-        trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # issue 8: preflight at start
+        trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # preflight at start
     except* CrashBudgetExceeded as group:
         failed.extend(group.exceptions)
     if failed:
@@ -195,7 +193,7 @@ async def _reach_apis(cfg: Config, secrets: Any) -> int:
     return print_checks(await run_preflight(cfg, secrets))
 
 
-# ------------------------------------------- issue 6: threshold, out-of-stock, dashboard, webhooks register
+# ------------------------------------------- threshold, out-of-stock, dashboard, webhooks register
 
 
 def _add_issue6_parsers(sub: Any) -> None:
@@ -316,7 +314,7 @@ def _webhooks_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ------------------------------------------------------- issue 8: exclusions, preflight at start
+# ------------------------------------------------------- exclusions, preflight at start
 
 
 def _add_exclusion_parsers(sub: Any) -> None:
@@ -398,7 +396,7 @@ async def _preflight_then_run(cfg: Config, secrets: Any, run_daemon: Any) -> Non
     await run_daemon(cfg, secrets)
 
 
-# ------------------------------------------------------- clover connect (issue 8: Clover OAuth v2)
+# ------------------------------------------------------- clover connect (Clover OAuth v2)
 
 
 def _add_clover_parser(sub: Any) -> None:
@@ -520,12 +518,12 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"queues: router {q['router']}, shards {sum(q['shards'])}; merges {s['merges']} "
                   f"(failed {s['failed_merges']}, in flight {s['in_flight']}, waiting {s['dirty']}, "
                   f"retrying {s['retrying']})")
-    if "mode" in data:  # issue 5
+    if "mode" in data:
         console.print(f"mode: {data['mode']}; bindings merged without a location that is down: "
                       f"{data.get('stale_bindings', 0)}")
     for name, loc in data["locations"].items():
         state = "reachable" if loc["reachable"] else f"[red]UNREACHABLE[/red] ({loc['last_error']})"
-        if not loc.get("active", True):  # issue 5: single mode, not the primary
+        if not loc.get("active", True):  # single mode, not the primary
             state = "inactive (single mode: never called)"
         console.print(f"location {name}: {state}, polls {loc['polls']}")
     wp = data["woocommerce_poll"]
@@ -538,7 +536,7 @@ def _print_status(data: dict[str, Any]) -> None:
                       "(paste it into the Clover developer dashboard, then Verify)")
     rec = data["reconcile"]
     console.print(f"reconcile every: {rec['every_s'] or 'off'}s, last: {rec['last'] or 'never'}")
-    ex = data.get("exclusions")  # issue 8
+    ex = data.get("exclusions")
     if ex:
         listed = ", ".join(ex["skus"]) + (" ..." if ex["count"] > len(ex["skus"]) else "")
         console.print(f"excluded from sync: {ex['count']} SKU(s), {ex['bindings_excluded']} binding(s)"
@@ -657,7 +655,7 @@ def _write_csv(path: str, text: str) -> None:
 def _print_import(data: dict[str, Any]) -> None:
     verb = "would apply" if data["dry_run"] else "applied"
     print(f"{verb} {data['accepted']} row(s); rejected {len(data['rejected'])}")
-    if "changed" in data:  # issue 4
+    if "changed" in data:
         print(f"  {data['changed']} count(s) to set, {data['unchanged']} already at that count")
     for r in data["rejected"]:
         print(f"  line {r['line']}: {r['reason']}")

@@ -112,7 +112,7 @@ class AlertsConfig(_Base):
     low_stock_threshold: int = 5
     out_of_stock: Literal["hide", "backorder", "contact"] = "backorder"
     thresholds: dict[str, int] = msgspec.field(default_factory=dict)
-    # -- issue 6: out-of-stock behaviour per SKU, the "contact" message, webhook health
+    # -- out-of-stock behaviour per SKU, the "contact" message, webhook health
     out_of_stock_overrides: dict[str, Literal["hide", "backorder", "contact"]] = msgspec.field(default_factory=dict)
     contact_message: str = "Out of stock - contact us to order"  # product meta for the theme ("contact")
     webhook_check_every: str = "5m"  # GET /webhooks: re-enable a disabled one, alert
@@ -218,8 +218,8 @@ def _check(cfg: Config) -> None:
     parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout")
     parse_duration(cfg.clover.poll_every, key="clover.poll_every")
     parse_duration(cfg.clover.timeout, key="clover.timeout")
-    parse_duration(cfg.alerts.webhook_check_every, key="alerts.webhook_check_every")  # issue 6
-    parse_duration(cfg.alerts.clover_silence, key="alerts.clover_silence")  # issue 6
+    parse_duration(cfg.alerts.webhook_check_every, key="alerts.webhook_check_every")
+    parse_duration(cfg.alerts.clover_silence, key="alerts.clover_silence")
     every = cfg.sync.reconcile_every
     if every not in ("5m", "15m", "1h", "off"):
         parse_duration(every, key="sync.reconcile_every")

@@ -81,7 +81,7 @@ class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
     That holds only while no merge committed after the lists were read: one
     that did already moved both sides, and the bases are newer than the reads.
     ``version`` (the binding's version before the reads) lets the shard see
-    that and merge from fresh reads instead (issue 4).
+    that and merge from fresh reads instead.
     """
 
     binding_id: str
@@ -89,7 +89,7 @@ class Initialise(msgspec.Struct, frozen=True, tag="initialise"):
     clover: dict[str, int | None]
     truth: str  # "clover" | "woo"
     job_id: str = ""
-    version: int | None = None  # issue 4: the binding's version before the list reads (None: not checked)
+    version: int | None = None  # the binding's version before the list reads (None: not checked)
 
 
 class SetStock(msgspec.Struct, frozen=True, tag="set_stock"):
@@ -100,7 +100,7 @@ class SetStock(msgspec.Struct, frozen=True, tag="set_stock"):
     quantity: int
 
 
-# -- issue 8: exclusions
+# -- exclusions
 
 
 class SetExcluded(msgspec.Struct, frozen=True, tag="set_excluded"):
@@ -110,9 +110,8 @@ class SetExcluded(msgspec.Struct, frozen=True, tag="set_excluded"):
     excluded: bool
 
 
-# -- end issue 8
 
-ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock | SetExcluded  # SetExcluded: issue 8
+ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock | SetExcluded
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):
@@ -172,7 +171,7 @@ class ImportCsvRequest(msgspec.Struct, frozen=True, tag="import_csv"):
     dry_run: bool = False
 
 
-# -- issue 6: thresholds, out-of-stock behaviour, the dashboard
+# -- thresholds, out-of-stock behaviour, the dashboard
 
 
 class ThresholdRequest(msgspec.Struct, frozen=True, tag="threshold"):
@@ -195,8 +194,7 @@ class DashboardRequest(msgspec.Struct, frozen=True, tag="dashboard"):
     limit: int = 100
 
 
-# -- end issue 6
-# -- issue 8: exclusions
+# -- exclusions
 
 
 class ExcludeRequest(msgspec.Struct, frozen=True, tag="exclude"):
@@ -206,8 +204,7 @@ class ExcludeRequest(msgspec.Struct, frozen=True, tag="exclude"):
     excluded: bool = True
 
 
-# -- end issue 8
-# -- issue 5: multi-location mode
+# -- multi-location mode
 
 
 class ModeRequest(msgspec.Struct, frozen=True, tag="mode"):
@@ -216,14 +213,13 @@ class ModeRequest(msgspec.Struct, frozen=True, tag="mode"):
     mode: str
 
 
-# -- end issue 5
 
 ControlRequest = (
     StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
     | ExportCsvRequest | ImportCsvRequest
-    | ThresholdRequest | OutOfStockRequest | DashboardRequest  # issue 6
-    | ExcludeRequest  # issue 8
-    | ModeRequest  # issue 5
+    | ThresholdRequest | OutOfStockRequest | DashboardRequest
+    | ExcludeRequest
+    | ModeRequest
 )
 
 

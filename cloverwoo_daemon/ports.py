@@ -26,7 +26,7 @@ from cloverwoo_daemon.core.model import (
     WooStock,
     WooWriteResult,
 )
-from cloverwoo_daemon.core.stock_policy import Change, Presentation  # issue 6
+from cloverwoo_daemon.core.stock_policy import Change, Presentation
 
 
 class RemoteError(Exception):
@@ -86,10 +86,9 @@ class CloverPort(Protocol):
     async def aclose(self) -> None: ...
 
 
-# -- issue 5: a Woo stock write, optionally with extra product meta sent in the same request
+# -- a Woo stock write, optionally with extra product meta sent in the same request
 # (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only.
 StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str]]
-# -- end issue 5
 
 
 class WooPort(Protocol):
@@ -100,7 +99,7 @@ class WooPort(Protocol):
         ...
 
     async def apply_deltas(
-        self, changes: Sequence[StockWrite]  # issue 5: was list[tuple[WooRef, int, int]]
+        self, changes: Sequence[StockWrite]  # was list[tuple[WooRef, int, int]]
     ) -> list[WooWriteResult]:
         """Apply ``(ref, inventory_delta, version_marker[, meta])`` changes; batches of ≤ 100 per call.
 
@@ -191,7 +190,7 @@ class Overloaded(Exception):
 
 
 # --------------------------------------------------------------------------
-# Alerts (issue 6): the ports of actors/alerts.py. The store half is
+# Alerts: the ports of actors/alerts.py. The store half is
 # implemented by ``io.store.Store``, the mailer by ``io.smtp.SmtpMailer``.
 
 
@@ -241,7 +240,7 @@ class Mailer(Protocol):
 
 
 # --------------------------------------------------------------------------
-# Out-of-stock behaviour and webhook health (issue 6): implemented by ``io.woocommerce.WooClient``.
+# Out-of-stock behaviour and webhook health: implemented by ``io.woocommerce.WooClient``.
 
 
 class ShopPresentationPort(Protocol):

@@ -19,7 +19,7 @@ import trio
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.actors.jobs import JobBusy, JobRunner, JobStatus
 from cloverwoo_daemon.actors.location import LocationActor
-from cloverwoo_daemon.actors.modes import MODES  # issue 5
+from cloverwoo_daemon.actors.modes import MODES
 from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
@@ -30,12 +30,12 @@ from cloverwoo_daemon.messages import (
     ControlRequest,
     ControlResponse,
     DashboardRequest,
-    ExcludeRequest,  # issue 8
+    ExcludeRequest,
     ExportCsvRequest,
     ImportCsvRequest,
     JobRequest,
     LogRequest,
-    ModeRequest,  # issue 5
+    ModeRequest,
     OutOfStockRequest,
     ReconcileRequest,
     SetStock,
@@ -76,10 +76,10 @@ class Admin:
     started_at: float = field(default_factory=time.time)
     store_stats: Callable[[], Any] = lambda: None
     last_reconcile: float | None = None
-    # -- issue 6 (set by app.py): actors.stock_policy.StockPolicyActor, actors.health.HealthActor
+    # set by app.py: actors.stock_policy.StockPolicyActor, actors.health.HealthActor
     stock_policy: Any = None
     health_monitor: Any = None
-    exclusions: Any = None  # issue 8 (set by app.py): actors.exclusions.Exclusions
+    exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -105,17 +105,15 @@ class Admin:
                 return ControlResponse(ok=True, data={"csv": await self._export_csv()})
             case ImportCsvRequest(text=text, match=match, dry_run=dry):
                 return await self._import_csv(text, match, dry)
-            # -- issue 6
             case ThresholdRequest() | OutOfStockRequest() | DashboardRequest():
                 return await self._issue6(req)
-            # -- issue 8
             case ExcludeRequest(skus=skus, excluded=excluded):
                 if self.exclusions is None:
                     return ControlResponse(ok=False, error="exclusions are not running")
                 if not any(s.strip() for s in skus):
                     return ControlResponse(ok=False, error="give at least one SKU")
                 return ControlResponse(ok=True, data=await self.exclusions.set(skus, excluded))
-            case ModeRequest(mode=mode):  # issue 5
+            case ModeRequest(mode=mode):
                 if mode not in MODES:
                     return ControlResponse(ok=False, error=f"unknown mode {mode!r} (one of {', '.join(MODES)})")
                 return self._start_job("mode", lambda: self.jobs.start("mode", mode=mode))
@@ -128,7 +126,7 @@ class Admin:
                 return ControlResponse(ok=True, data=data)
         return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
 
-    # ------------------------------------------------------------------ issue 6: thresholds, out of stock, dashboard
+    # ------------------------------------------------------------------ thresholds, out of stock, dashboard
 
     async def _issue6(self, req: ThresholdRequest | OutOfStockRequest | DashboardRequest) -> ControlResponse:
         alerts = getattr(self, "alerts", None)
@@ -188,7 +186,6 @@ class Admin:
             },
         }
 
-    # ------------------------------------------------------------------ end issue 6
 
     def _start_job(self, kind: str, start: Any) -> ControlResponse | AsyncIterator[ControlResponse]:
         since = time.time()
@@ -251,7 +248,7 @@ class Admin:
             return ControlResponse(ok=False, error=f"--match must be sku or id, not {match!r}")
         by_key: dict[str, str] = {}
         known: dict[str, frozenset[str]] = {}
-        woo_now: dict[str, int | None] = {}  # issue 4: a filled-in woo_stock must still be the agreed figure
+        woo_now: dict[str, int | None] = {}  # a filled-in woo_stock must still be the agreed figure
         for b in self.table.all():
             key = b.sku if match == "sku" else f"{b.woo.product_id}:{b.woo.variation_id}"
             if key:
@@ -263,7 +260,7 @@ class Admin:
                                                  woo_now=woo_now)
         except csv_rows.HeaderError as exc:
             return ControlResponse(ok=False, error=f"nothing applied: {exc}")
-        # -- issue 4: rows the sync would not carry are rejected; a row equal to the agreed count writes nothing
+        # -- rows the sync would not carry are rejected; a row equal to the agreed count writes nothing
         apply: list[tuple[str, csv_rows.ImportRow]] = []
         unchanged = 0
         for r in rows:
@@ -327,8 +324,8 @@ class Admin:
                 "triggers": dict(sum((sh.trigger_counts for sh in self.shards), collections.Counter())),
             },
             "locations": {name: asdict(a.status) for name, a in self.locations.items()},
-            "mode": self.jobs.merge_config.mode,  # issue 5
-            "stale_bindings": sum(s.get("stale", 0) for s in shard_stats),  # issue 5: merged without a down location
+            "mode": self.jobs.merge_config.mode,
+            "stale_bindings": sum(s.get("stale", 0) for s in shard_stats),  # merged without a down location
             "woocommerce_poll": asdict(self.woo_poller.status),
             "webhooks": {
                 "last_event": self.webhooks.last_event,
@@ -344,7 +341,7 @@ class Admin:
                 "catalogue": self.jobs.report,
             },
             "store": msgspec.to_builtins(stats) if stats is not None else None,
-            "exclusions": self.exclusions.summary() if self.exclusions is not None else None,  # issue 8
+            "exclusions": self.exclusions.summary() if self.exclusions is not None else None,
         }
 
     def idle(self) -> bool:

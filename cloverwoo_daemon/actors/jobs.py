@@ -43,7 +43,7 @@ import structlog
 import trio
 
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
-from cloverwoo_daemon.actors.modes import MODE_KEY, MODE_SYNCED_KEY, mode_config  # issue 5
+from cloverwoo_daemon.actors.modes import MODE_KEY, MODE_SYNCED_KEY, mode_config
 from cloverwoo_daemon.core import matching
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
@@ -110,7 +110,7 @@ class JobRunner:
     merge_config: core_merge.MergeConfig
     is_busy: Callable[[str], bool] = lambda bid: False  # a trigger is already queued or running for it
     on_drift: Callable[[int, int], None] = lambda drifted, total: None  # alerts hook
-    excluded_sku: Callable[[str], bool] = lambda sku: False  # issue 8: new bindings born excluded (counts, dry runs)
+    excluded_sku: Callable[[str], bool] = lambda sku: False  # new bindings born excluded (counts, dry runs)
     refresh_every: float | None = 600.0
     reconcile_every: float | None = None
     full_every: float | None = 7 * 86400.0
@@ -124,7 +124,7 @@ class JobRunner:
     _progress: trio.Event = field(default_factory=trio.Event)
     _expected: dict[str, Binding] = field(default_factory=dict)  # catalogue updates sent, not yet applied
     _nursery: trio.Nursery | None = None
-    # -- issue 5: multi-location modes. ``clovers`` holds every configured location; ``merge_config.locations``
+    # -- multi-location modes. ``clovers`` holds every configured location; ``merge_config.locations``
     # says which are read (single mode: the primary only).
     all_locations: tuple[str, ...] = ()  # every configured location, in order
     on_mode: Callable[[core_merge.MergeConfig], None] = lambda cfg: None  # swaps the shards' (and pollers') config
@@ -142,7 +142,7 @@ class JobRunner:
 
         Clover is the truth whatever ``source_of_truth`` says: what changes is which Clover figure Woo
         shows (the sum, or the primary's), never the stores' own counts. Merges keep running meanwhile, so a
-        sale during the switch is merged like any other (the recount's ``version`` check, issue 4).
+        sale during the switch is merged like any other (the recount's ``version`` check).
         """
         if self._lock.locked():
             raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
@@ -170,7 +170,6 @@ class JobRunner:
                 self.on_mode(new_cfg)
                 self._meta_jobs.discard(status.id)
 
-    # -- end issue 5
 
     # ------------------------------------------------------------ scheduling
 
@@ -192,7 +191,7 @@ class JobRunner:
             try:
                 if kind == "sync":
                     await self.sync(truth, dry_run=dry_run)
-                elif kind == "mode":  # issue 5
+                elif kind == "mode":
                     await self.switch_mode(mode)
                 else:
                     await self.reconcile(dry_run=dry_run, full=kind == "full")
@@ -212,7 +211,7 @@ class JobRunner:
                 attempt += 1
                 log.warning("catalogue_read_failed", error=str(exc)[:300], attempt=attempt)
                 await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
-        # issue 7: a change found by a poll whose cursor was saved before its merge finished, or whose
+        # a change found by a poll whose cursor was saved before its merge finished, or whose
         # webhook was refused while the daemon was down, has no inbox event: after a crash nothing would
         # trigger it until the next reconcile (never, with reconcile_every = "off"). One pass at start
         # compares the list reads with the bases and merges what drifted.
@@ -220,9 +219,8 @@ class JobRunner:
             await self.reconcile(dry_run=False)
         except (RemoteError, JobBusy) as exc:
             log.warning("startup_reconcile_skipped", error=str(exc)[:300])
-        # -- end issue 7
         attempt = 0
-        while self.mode_recount_at_start:  # issue 5: a mode change the bindings were not recounted under
+        while self.mode_recount_at_start:  # a mode change the bindings were not recounted under
             try:
                 await self.switch_mode(self.merge_config.mode)
                 self.mode_recount_at_start = False
@@ -280,12 +278,12 @@ class JobRunner:
 
         async with trio.open_nursery() as n:
             for loc, client in self.clovers.items():
-                if loc in self.merge_config.locations:  # issue 5: single mode lists the primary only
+                if loc in self.merge_config.locations:  # single mode lists the primary only
                     n.start_soon(read, loc, client)
             n.start_soon(read_woo)
         report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary)
         put, removed = matching.reconcile_bindings(self.table.all(), report)
-        # issue 8: a new binding whose SKU was excluded beforehand is born excluded (the shard does the same)
+        # a new binding whose SKU was excluded beforehand is born excluded (the shard does the same)
         put = [msgspec.structs.replace(b, excluded=True) if b.binding_id not in self.table and not b.excluded
                and self.excluded_sku(b.sku) else b for b in put]
         nshards = len(self.shards)
@@ -392,7 +390,7 @@ class JobRunner:
                         busy += 1  # a trigger already has it: not drift, just not merged yet
                         continue
                     if b.version != snap.versions.get(b.binding_id, b.version):
-                        busy += 1  # issue 4: merged since the reads: the bases are newer than the lists
+                        busy += 1  # merged since the reads: the bases are newer than the lists
                         continue
                     drifted.append(b.binding_id)
                     woo_side += bool(plan.dw)

@@ -91,7 +91,7 @@ class Reachability:
 @dataclass
 class LocationStatus:
     reachable: bool = True
-    active: bool = True  # issue 5: False in single mode for every location but the primary (no calls)
+    active: bool = True  # False in single mode for every location but the primary (no calls)
     last_poll_ok: float | None = None  # unix
     last_error: str = ""
     consecutive_failures: int = 0
@@ -116,7 +116,7 @@ class LocationActor:
     _lookups: dict[str, list[LookupOrder]] = field(default_factory=dict)
     _lookup_polls: dict[str, int] = field(default_factory=dict)  # order id -> feed polls that missed it
     _wake: trio.Event = field(default_factory=trio.Event)
-    # issue 5: whether the merge config reads this location now (single mode: only the primary)
+    # whether the merge config reads this location now (single mode: only the primary)
     active: Callable[[], bool] = lambda: True
     reach: Reachability | None = None
 
@@ -139,7 +139,7 @@ class LocationActor:
                 n.start_soon(self._poll_loop)
             task_status.started()
             async for req in lookups:
-                if not self.active():  # issue 5: an inactive location is never called
+                if not self.active():  # an inactive location is never called
                     await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono,
                                                     clover={self.name: set()}))
                     continue
@@ -178,7 +178,7 @@ class LocationActor:
                 await self._wake.wait()
             self._wake = trio.Event()
             self.status.active = self.active()
-            if not self.status.active:  # issue 5: single mode, not the primary: no calls at all
+            if not self.status.active:  # single mode, not the primary: no calls at all
                 continue
             try:
                 found: set[str] = set()

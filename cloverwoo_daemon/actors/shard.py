@@ -43,17 +43,17 @@ from cloverwoo_daemon.messages import (
     EventsSettled,
     Initialise,
     MarkDirty,
-    SetExcluded,  # issue 8
+    SetExcluded,
     SetStock,
     ShardCommand,
 )
 from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StockWrite, StorePort, WooPort
 
 if TYPE_CHECKING:
-    from cloverwoo_daemon.actors.location import Reachability  # issue 5
+    from cloverwoo_daemon.actors.location import Reachability
 
 log = structlog.get_logger("cloverwoo.shard")
-LOCATION_META_KEY = "_cloverwoo_location_stock"  # issue 5: {location: quantity} as JSON, per-location mode
+LOCATION_META_KEY = "_cloverwoo_location_stock"  # {location: quantity} as JSON, per-location mode
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -113,8 +113,8 @@ class ShardDeps:
     on_stock: Callable[[Binding], None] = lambda b: None  # alerts hook: a merge of this binding committed
     on_failure: Callable[[str, int], None] = lambda bid, attempts: None  # alerts hook: consecutive failed merges
     on_job_item: Callable[[str, str, str], None] = lambda job_id, bid, result: None  # jobs: one recount done
-    excluded_sku: Callable[[str], bool] = lambda sku: False  # issue 8: a new binding with this SKU is born excluded
-    # -- issue 5: locations down are skipped (and caught up on return); per-location figures as Woo meta
+    excluded_sku: Callable[[str], bool] = lambda sku: False  # a new binding with this SKU is born excluded
+    # -- locations down are skipped (and caught up on return); per-location figures as Woo meta
     reach: Reachability | None = None
     mode_job: Callable[[str], bool] = lambda job_id: False  # this job is a mode switch (jobs.switch_mode)
     mode_switching: Callable[[], bool] = lambda: False  # a mode switch is running
@@ -136,8 +136,8 @@ class ShardActor:
         self._failures: dict[str, int] = {}
         self._catalogue: dict[str, CatalogueUpdate] = {}
         self._set_stock: dict[str, list[SetStock]] = {}  # CSV rows waiting for their binding's turn
-        self._exclusion: dict[str, bool] = {}  # issue 8: exclude/include waiting for the binding's turn
-        # -- issue 5: bindings merged without a location that was down (merged again when it answers);
+        self._exclusion: dict[str, bool] = {}  # exclude/include waiting for the binding's turn
+        # -- bindings merged without a location that was down (merged again when it answers);
         # bindings whose per-location meta write failed (written by their next merge, even if unchanged).
         self._stale: dict[str, set[str]] = {}
         self._meta_owed: set[str] = set()
@@ -164,7 +164,7 @@ class ShardActor:
             "merges": self.merges,
             "failed_merges": self.failed_merges,
             "echoes_skipped": self.echoes_skipped,
-            "stale": len(set().union(*self._stale.values())) if self._stale else 0,  # issue 5
+            "stale": len(set().union(*self._stale.values())) if self._stale else 0,
         }
 
     def has_pending(self, bid: str) -> bool:
@@ -212,7 +212,7 @@ class ShardActor:
                     case SetStock():
                         self._set_stock.setdefault(cmd.binding_id, []).append(cmd)
                         self._enqueue(cmd.binding_id, (), "csv", trio.current_time())
-                    case SetExcluded():  # issue 8
+                    case SetExcluded():
                         self._exclusion[cmd.binding_id] = cmd.excluded
                         self._enqueue(cmd.binding_id, (), "exclude" if cmd.excluded else "include",
                                       trio.current_time())
@@ -314,11 +314,11 @@ class ShardActor:
                 return False
         binding = d.table.get(bid)
         if binding is None:
-            self._exclusion.pop(bid, None)  # issue 8: the SKU set keeps it for a later binding
+            self._exclusion.pop(bid, None)  # the SKU set keeps it for a later binding
             return False  # unbound since the trigger arrived: nothing to do
-        binding = await self._take_exclusion(binding, trigger)  # issue 8
+        binding = await self._take_exclusion(binding, trigger)
         if binding.excluded and pending.triggers <= {"exclude"} and bid not in d.intents:
-            return False  # issue 8: only the exclusion itself: nothing to read, nothing will be written
+            return False  # only the exclusion itself: nothing to read, nothing will be written
         while self._set_stock.get(bid):
             # A recount typed into a CSV: Clover is set absolutely, like a count at the store; the bases
             # stay, so this very merge sees it as a Clover-side change and carries it to Woo as a delta.
@@ -374,7 +374,7 @@ class ShardActor:
             if not binding.clover_items:
                 return False
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
-        binding = self._carry_woo_change(binding, reads, pending)  # issue 5
+        binding = self._carry_woo_change(binding, reads, pending)
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
         rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
         if read_failed:
@@ -384,7 +384,7 @@ class ShardActor:
     async def _initialise(self, bid: str, pending: _Pending, req: Initialise) -> bool:
         """Recount a binding from list reads with ``req.truth`` as the truth (initial sync, import, push)."""
         d = self.deps
-        if d.mode_job(req.job_id):  # issue 5: a mode switch recounts from fresh reads, carrying Woo's changes
+        if d.mode_job(req.job_id):  # a mode switch recounts from fresh reads, carrying Woo's changes
             return await self._merge(bid, pending)
         update = self._catalogue.pop(bid, None)
         if update is not None and not await self._apply_catalogue(update, "initialise"):
@@ -394,15 +394,15 @@ class ShardActor:
         if binding is None:
             self.deps.on_job_item(req.job_id, bid, "unbound")
             return False
-        binding = await self._take_exclusion(binding, "initialise")  # issue 8
+        binding = await self._take_exclusion(binding, "initialise")
         if req.version is not None and binding.version != req.version:
-            # issue 4: a merge committed after the job's list reads. It already carried the changes it saw
+            # a merge committed after the job's list reads. It already carried the changes it saw
             # to both sides, so those reads are older than the bases and a recount from them would apply
             # those changes a second time. The bases are sound: a plain merge from fresh reads finishes.
             return await self._merge(bid, pending)
         retry = "retry" in pending.triggers
         if bid in d.intents or retry:
-            # issue 4: a crash or a failed attempt: the product may be gone since the job listed it
+            # a crash or a failed attempt: the product may be gone since the job listed it
             # (retrying the job's reads would then fail for ever, holding the job and its lock).
             try:
                 woo_stock = await d.woo.get_stock(binding.woo)
@@ -442,7 +442,7 @@ class ShardActor:
                                                 detail={"reason": plan.skip, "job": req.job_id})])
             return False
         return await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False,
-                                   shown=binding)  # issue 5
+                                   shown=binding)
 
     async def _execute(
         self,
@@ -453,14 +453,14 @@ class ShardActor:
         trigger: str,
         *,
         reread_clover: bool,
-        shown: Binding | None = None,  # issue 5: the binding whose figures Woo shows (a recount resets bases)
+        shown: Binding | None = None,  # the binding whose figures Woo shows (a recount resets bases)
     ) -> bool:
         """Carry out a plan step by step (intent first, bases moved after each write); True to merge again."""
         d = self.deps
         bid = binding.binding_id
         clover_reads = reads.clover
         rerun = False
-        shown_figures = self._figures(shown or binding)  # issue 5
+        shown_figures = self._figures(shown or binding)
         if not plan.woo_delta and not any(plan.clover_deltas.values()):
             new = core_merge.finish(core_merge.after_woo_step(binding, plan), plan)
             if (new.base_woo, new.base_clover) != (binding.base_woo, binding.base_clover):
@@ -468,7 +468,7 @@ class ShardActor:
                                                                  reads=reads, latency=pending.received_at))
                 d.table.put(new)
                 d.on_stock(new)
-            await self._write_location_meta(new, shown_figures, pending, None)  # issue 5
+            await self._write_location_meta(new, shown_figures, pending, None)
             await self._flag(new, plan, trigger)
             self._record(trigger, pending)
             return False
@@ -486,7 +486,7 @@ class ShardActor:
         # 1. WooCommerce: the delta and the version marker in one request.
         attached: dict[str, str] | None = None
         if plan.woo_delta:
-            # issue 5: the figures this merge will leave go in the same request as the delta
+            # the figures this merge will leave go in the same request as the delta
             expected = msgspec.structs.replace(binding, base_clover={**binding.base_clover, **plan.clover_expected})
             attached = self._location_meta(expected, shown_figures, pending)
             change: StockWrite = (binding.woo, plan.woo_delta, plan.version)
@@ -559,12 +559,12 @@ class ShardActor:
         d.intents.pop(bid, None)
         d.table.put(binding)
         d.on_stock(binding)
-        await self._write_location_meta(binding, shown_figures, pending, attached)  # issue 5
+        await self._write_location_meta(binding, shown_figures, pending, attached)
         await self._flag(binding, plan, trigger)
         self._record(trigger, pending)
         return rerun
 
-    # -- issue 5: per-location figures on the Woo product, and locations that are down
+    # -- per-location figures on the Woo product, and locations that are down
 
     def _figures(self, binding: Binding) -> dict[str, int]:
         """Each active location's stock as the bases hold it (what the last merge left there)."""
@@ -654,7 +654,6 @@ class ShardActor:
             else:
                 self._enqueue_pending(bid, p)
 
-    # -- end issue 5
 
     async def _apply_catalogue(self, update: CatalogueUpdate, trigger: str) -> bool:
         """Apply new catalogue fields, keeping the freshest bases; False when the binding is gone."""
@@ -676,11 +675,11 @@ class ShardActor:
                 new.clover_items.get(loc) == item for loc, item in current.clover_items.items()
             )
             if not same_cover and current.woo == new.woo and current.base_woo is not None and d.mode_switching():
-                self._prior_woo[new.binding_id] = current.base_woo  # issue 5
+                self._prior_woo[new.binding_id] = current.base_woo
             new = msgspec.structs.replace(new, base_woo=current.base_woo if same_cover else None,
                                           base_clover=kept, version=current.version, excluded=current.excluded)
         elif d.excluded_sku(new.sku):
-            new = msgspec.structs.replace(new, excluded=True)  # issue 8: excluded before it was bound
+            new = msgspec.structs.replace(new, excluded=True)  # excluded before it was bound
         if new != current:
             await d.store.put_bindings([new])
             d.table.put(new)
@@ -690,7 +689,7 @@ class ShardActor:
                                                             "tracked": new.tracked})])
         return True
 
-    # -- issue 8: exclusions
+    # -- exclusions
 
     async def _take_exclusion(self, binding: Binding, trigger: str) -> Binding:
         """Apply a waiting exclude/include before this merge reads anything; kept for a retry if it fails."""
@@ -738,7 +737,6 @@ class ShardActor:
             d.on_stock(new)  # lets the out-of-stock behaviour undo what it did to this product
         return new
 
-    # -- end issue 8
 
     async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
         raw = _intent_encoder.encode(intent)
@@ -760,7 +758,7 @@ class ShardActor:
                 if reach is None:
                     reads[loc] = await d.clovers[loc].get_stock(item_id)
                 else:
-                    # issue 5: a location that is down is not waited on (its retries would hold this merge
+                    # a location that is down is not waited on (its retries would hold this merge
                     # and every healthy location's change in it); the binding is merged again when it answers.
                     answered, got = False, None
                     if not reach.is_down(loc):
@@ -811,13 +809,12 @@ class ShardActor:
         resolved: dict[str, str] = {}
         for loc in in_doubt:
             target = intent.clover_targets.get(loc)
-            # issue 7: read_then_write commits the target concurrently with the POST, so a kill can leave a
+            # read_then_write commits the target concurrently with the POST, so a kill can leave a
             # landed write with no recorded target. The merge's own read plus the delta is the target it sent
             # unless a POS change landed in between (then the fresh read matches neither and it is flagged);
             # assuming "not landed" here made the next merge carry the write back to Woo: a sale twice.
             if target is None and loc in intent.clover_started and loc in intent.clover_reads:
                 target = intent.clover_reads[loc] + intent.clover_deltas.get(loc, 0)
-            # -- end issue 7
             item_id = recovered.clover_items.get(loc)
             if target is None or item_id is None or loc not in d.clovers:
                 # A write that began (read sent) but whose target was never recorded may have landed:
@@ -919,7 +916,7 @@ def _short(exc: BaseException) -> str:
 
 
 async def _unless(event: trio.Event, aw: Awaitable[A]) -> tuple[bool, A | None]:
-    """issue 5: ``(True, result)`` of ``aw``, or ``(False, None)`` when ``event`` is set first (it is cancelled)."""
+    """``(True, result)`` of ``aw``, or ``(False, None)`` when ``event`` is set first (it is cancelled)."""
     got: list[outcome.Outcome[A]] = []
 
     async def run(scope: trio.CancelScope) -> None:

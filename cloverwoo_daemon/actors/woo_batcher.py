@@ -30,7 +30,7 @@ from cloverwoo_daemon.ports import StockWrite, WooPort
 
 @dataclass
 class _Waiter:
-    changes: list[StockWrite]  # issue 5: may carry extra meta
+    changes: list[StockWrite]  # may carry extra meta
     done: trio.Event = field(default_factory=trio.Event)
     result: outcome.Outcome[list[WooWriteResult]] | None = None
 

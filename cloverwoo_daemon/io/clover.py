@@ -252,7 +252,7 @@ class CloverClient:
         self.backoff = backoff or Backoff(base=1.0, cap=30.0, max_attempts=6)
         self._rng = rng or random.Random()
         self._log = log.bind(location=location, merchant_id=merchant_id)
-        # issue 5: told of every attempt's outcome (True: answered; False: 5xx, timeout, connection error),
+        # told of every attempt's outcome (True: answered; False: 5xx, timeout, connection error),
         # so the location's reachability is known after seconds, not after a call's whole retry budget.
         self.on_attempt: Callable[[bool, str], None] | None = None
         self._prefix = f"/v3/merchants/{merchant_id}"
@@ -303,7 +303,7 @@ class CloverClient:
                 reason = f"connection error ({type(exc).__name__})"
             else:
                 status = resp.status_code
-                if self.on_attempt is not None and status < 500:  # issue 5: it answered
+                if self.on_attempt is not None and status < 500:  # it answered
                     self.on_attempt(True, "")
                 if 200 <= status < 300:
                     return resp.content
@@ -323,7 +323,7 @@ class CloverClient:
                     raise PermanentError(f"clover {self.location}: {what}: HTTP 401 {_message(resp)}")
                 else:
                     raise PermanentError(f"clover {self.location}: {what}: HTTP {status} {_message(resp)}")
-            if self.on_attempt is not None and retry_after is None:  # issue 5: no answer (a 429 is an answer)
+            if self.on_attempt is not None and retry_after is None:  # no answer (a 429 is an answer)
                 self.on_attempt(False, reason)
             delay = self.backoff.next_delay(attempt, retry_after=retry_after, rng=self._rng)
             if delay is None:
@@ -407,7 +407,7 @@ class CloverClient:
                 if fresh is None:
                     return None
                 target = fresh + delta
-                # issue 7: the nursery wraps a failed POST in an ExceptionGroup (strict groups), which slipped
+                # the nursery wraps a failed POST in an ExceptionGroup (strict groups), which slipped
                 # past every ``except RemoteError`` and crashed the shard actor; a lone failure comes out bare.
                 try:
                     async with trio.open_nursery() as n:
@@ -418,7 +418,6 @@ class CloverClient:
                     if len(group.exceptions) == 1:
                         raise group.exceptions[0] from None
                     raise
-                # -- end issue 7
                 if raw is None:
                     raise RemoteError(f"clover {self.location}: POST item_stocks/{{id}}: 404")
                 return fresh, target

@@ -109,7 +109,7 @@ def _marker(meta: Iterable[Any]) -> int | None:
     return None
 
 
-# -- issue 5: one stock write's batch entry; a zero delta with meta sends the meta only (no stock write)
+# -- one stock write's batch entry; a zero delta with meta sends the meta only (no stock write)
 def _stock_update(change: StockWrite) -> dict[str, Any]:
     ref, delta, version = change[0], change[1], change[2]
     meta = [{"key": VERSION_META_KEY, "value": str(version)}]
@@ -119,7 +119,6 @@ def _stock_update(change: StockWrite) -> dict[str, Any]:
     if delta:
         update["inventory_delta"] = delta
     return update
-# -- end issue 5
 
 
 def _shift_cursor(cursor: str, seconds: int) -> str:
@@ -334,7 +333,7 @@ class WooClient:
                     for i in chunk:
                         results[i] = WooWriteResult(changes[i][0], ok=False, error=f"not attempted: {failure}")
                     continue
-                updates = [_stock_update(changes[i]) for i in chunk]  # issue 5: optional extra meta
+                updates = [_stock_update(changes[i]) for i in chunk]  # optional extra meta
                 try:
                     answer = await self._json("POST", path, json={"update": updates}, idempotent=False)
                 except PermanentError as exc:
@@ -474,7 +473,7 @@ class WooClient:
         return str(data.get("value", ""))
 
     # ------------------------------------------------------------------
-    # Out-of-stock behaviour (issue 6): catalog visibility, backorders, the contact message
+    # Out-of-stock behaviour: catalog visibility, backorders, the contact message
 
     def _product_path(self, ref: WooRef) -> str:
         if ref.variation_id:

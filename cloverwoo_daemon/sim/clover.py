@@ -370,7 +370,7 @@ class CloverSim:
         self.merchants: dict[str, SimMerchant] = {}
         self._tokens: dict[str, str] = {}  # token -> merchant id
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (mId, "GET items") -> n
-        self.down_merchants: set[str] = set()  # issue 5: these merchants answer every call 503 (one store down)
+        self.down_merchants: set[str] = set()  # these merchants answer every call 503 (one store down)
         self._scopes: dict[str, _Scope] = collections.defaultdict(_Scope)  # token -> scope
         self._app_scope = _Scope()
         self.webhook_log: list[WebhookAttempt] = []
@@ -757,7 +757,7 @@ class CloverSim:
             scope.admitted += 1
             self._app_scope.admitted += 1
             status = await self.injector.before_request()
-            if mid in self.down_merchants:  # issue 5
+            if mid in self.down_merchants:
                 status = 503
             if status is not None:
                 return _error(status, "Service Unavailable" if status == 503 else "Internal Server Error")
@@ -1083,7 +1083,7 @@ class CloverSim:
 # ==========================================================================
 # OAuth v2: expiring access tokens, single-use refresh tokens (clover-api.md §4.2)
 #
-# Everything below was added for issue 8 and is reached from CloverSim only
+# OAuth and preflight surfaces, reached from CloverSim only
 # through ``self.oauth`` (token lookup and permissions in ``_guard``, routes in
 # ``_build_app``). Static merchant tokens (``add_merchant(token=...)``) keep
 # working unchanged.

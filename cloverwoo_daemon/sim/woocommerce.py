@@ -202,7 +202,7 @@ class _Product:
     stock_status: str = "instock"
     backorders: str = "no"
     low_stock_amount: int | None = None
-    catalog_visibility: str = "visible"  # products only (issue 6: the out-of-stock "hide" behaviour)
+    catalog_visibility: str = "visible"  # products only (the out-of-stock "hide" behaviour)
     parent_id: int = 0
     variations: list[int] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
@@ -565,7 +565,7 @@ class WooSim:
             p.sku = str(body["sku"] or "")
         if body.get("regular_price"):
             p.price = str(body["regular_price"])
-        if "catalog_visibility" in body and p.type != "variation":  # issue 6: out-of-stock "hide"
+        if "catalog_visibility" in body and p.type != "variation":  # out-of-stock "hide"
             p.catalog_visibility = str(body["catalog_visibility"])
         if "low_stock_amount" in body:
             p.low_stock_amount = None if body["low_stock_amount"] in (None, "") else _intval(body["low_stock_amount"])

@@ -1,4 +1,4 @@
-"""Exclusions end to end (issue 8): `cloverwoo exclude` / `include` over the control socket, simulated stores.
+"""Exclusions end to end: `cloverwoo exclude` / `include` over the control socket, simulated stores.
 
 An excluded product is never written on either side, whatever sells and
 whatever job runs; an SKU excluded before it is bound is born excluded; both

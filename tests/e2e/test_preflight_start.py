@@ -1,4 +1,4 @@
-"""`cloverwoo run` runs the preflight checks first and logs each (issue 8), as systemd starts it.
+"""`cloverwoo run` runs the preflight checks first and logs each, as systemd starts it.
 
 A failed check is logged at error level with its fix, and the daemon starts
 anyway (README: "Checks at start"): here Clover's "update stock after each
