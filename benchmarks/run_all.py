@@ -29,6 +29,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], float]] = {
     "sync": ("bench_sync.py", ["--seconds", "15", "--chaos-runs", "3", "--chaos-seconds", "5"],
              ["--seconds", "5", "--rate", "50", "--products", "100", "--chaos-runs", "1", "--chaos-seconds", "3"],
              300.0),
+    # propagation with 1, 3 and 10 locations, and with one location of three down (~2 min)
+    "locations": ("bench_locations.py", ["--seconds", "10", "--down-seconds", "15"],
+                  ["--seconds", "5", "--products", "50", "--down-seconds", "8", "--down-products", "30"], 300.0),
     "soak": ("bench_soak.py", ["--seconds", "20"], ["--seconds", "20"], 120.0),
     "jobs": ("bench_jobs.py", [], ["--import-products", "1000", "--push-products", "100",
                                    "--reconcile-products", "2000"], 600.0),

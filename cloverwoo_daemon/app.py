@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -81,15 +81,14 @@ def merge_config(cfg: Config) -> MergeConfig:
 
 
 def build_clients(
-    cfg: Config, secrets: Secrets, tokens: Mapping[str, TokenProvider] | None = None
+    cfg: Config, secrets: Secrets, tokens: Mapping[str, TokenProvider] | None = None, metrics: Metrics | None = None
 ) -> tuple[WooPort, dict[str, CloverPort]]:
     """The API clients; a location with ``oauth = true`` gets its expiring token from ``tokens``."""
     gate = AppGate(rate=cfg.clover.app_rate, in_flight=cfg.clover.app_in_flight)
     timeout = parse_duration(cfg.clover.timeout, key="clover.timeout") or 30.0
     clovers: dict[str, CloverPort] = {}
     # a client for every configured location (the mode can change at run time); the merge config's
-    # ``locations`` decides which are called. An OAuth location without a provider (oauth_providers makes
-    # them for the active locations only) gets none.
+    # ``locations`` decides which are called (oauth_providers makes a provider for every OAuth location).
     for loc in cfg.clover.locations:
         if loc.name not in (tokens or {}) and loc.name not in secrets.clover_tokens:
             continue
@@ -102,6 +101,7 @@ def build_clients(
             rate=cfg.clover.token_rate,
             in_flight=cfg.clover.token_in_flight,
             timeout=timeout,
+            hooks=metrics.client_hooks("clover") if metrics is not None else None,
         )
     woo = WooClient(
         base_url=cfg.woocommerce.base_url,
@@ -110,6 +110,7 @@ def build_clients(
         auth=cfg.woocommerce.auth,
         max_in_flight=cfg.woocommerce.max_in_flight,
         timeout=parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout") or 30.0,
+        hooks=metrics.client_hooks("woo") if metrics is not None else None,
     )
     return woo, clovers
 
@@ -138,7 +139,7 @@ async def run_daemon(
 
         # -- clients and channels (OAuth locations: tokens refreshed ahead of expiry, committed first)
         providers, oauth_http = oauth_providers(cfg, store)
-        woo, clovers = build_clients(cfg, secrets, providers)
+        woo, clovers = build_clients(cfg, secrets, providers, metrics)
         mcfg = merge_config(cfg)
         # -- the mode chosen with `cloverwoo mode` outlives a restart unless the config's changed
         mode, mode_recount = await resolve_mode(store, cfg.sync.mode)
@@ -151,20 +152,16 @@ async def run_daemon(
         lookup_chans = {name: trio.open_memory_channel[LookupOrder](1_000) for name in clovers}
         health = WebhookHealth()
 
-        def saw_event(source: str) -> None:
-            health.saw(source)
-            metrics.events.labels(source=source).inc()
-
         router = Router(RouterDeps(
             store=store,
             table=table,
             shards=[s for s, _ in shard_chans],
             location_of_merchant={loc.merchant_id: loc.name for loc in cfg.clover.locations},  # all
             lookups={name: s for name, (s, _) in lookup_chans.items()},
-            on_event=saw_event,
+            on_event=health.saw,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
-        alerts = build_alerts(cfg, store, table)
+        alerts = build_alerts(cfg, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
         stock_policy = StockPolicyActor(StockPolicyDeps(
@@ -213,6 +210,7 @@ async def run_daemon(
         jobs.mode_recount_at_start = mode_recount
         shard_deps.mode_job = jobs.is_mode_job
         shard_deps.mode_switching = jobs.mode_switching
+        shard_deps.clears_location_meta = jobs.clears_location_meta
 
         def set_mode(new: MergeConfig) -> None:
             shard_deps.merge_config = new
@@ -246,6 +244,8 @@ async def run_daemon(
         shard_deps.excluded_sku = exclusions.excluded_sku
         jobs.excluded_sku = exclusions.excluded_sku
         admin.exclusions = exclusions
+        refresh_metrics = watch(metrics, store=store, table=table, shards=shards,
+                                shard_inboxes=[s for s, _ in shard_chans])
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
@@ -307,6 +307,8 @@ async def run_daemon(
                 health=healthy,
                 registry=metrics.registry,
                 queue_depth=intake.depth,
+                on_received=metrics.received,
+                before_metrics=refresh_metrics,
             ))
             listen_url = await root.start(
                 lambda task_status: webhooks.serve_webhooks(app, cfg.server.listen,
@@ -376,7 +378,46 @@ async def _maintenance_loop(store: Store, task_status: trio.TaskStatus[None], *,
         await trio.sleep(every)
 
 
-def build_alerts(cfg: Config, store: Store, table: BindingTable) -> AlertActor:
+def watch(
+    metrics: Metrics,
+    *,
+    store: Store,
+    table: BindingTable,
+    shards: list[ShardActor],
+    shard_inboxes: list[trio.MemorySendChannel[ShardCommand]],
+) -> Callable[[], Awaitable[None]]:
+    """Point the scrape-time series at the actors' own figures; returns the refresh to await before a scrape.
+
+    Open conflicts live in the store only, so they are read before each scrape
+    (one indexed read of the open ones); everything else is read in memory.
+    """
+    conflicted: list[Conflict] = []
+
+    async def refresh() -> None:
+        conflicted[:] = await store.list_conflicts()
+
+    def stats() -> list[dict[str, int]]:
+        return [s.statistics() for s in shards]
+
+    def backlog() -> dict[str, int]:
+        st = stats()
+        return {"queued": sum(s["dirty"] + s["again"] for s in st), "running": sum(s["running"] for s in st),
+                "retrying": sum(s["retrying"] for s in st)}
+
+    src = metrics.sources
+    src.merges = lambda: {"ok": sum(s.merges for s in shards), "failed": sum(s.failed_merges for s in shards)}
+    src.backlog = backlog
+    src.shard_queues = lambda: [ch.statistics().current_buffer_used for ch in shard_inboxes]
+    src.inbox_pending = lambda: store.statistics().pending_inbox
+    src.bindings = lambda: table.states(conflicted=[c.binding_id for c in conflicted],
+                                        stale=set().union(*(s.stale_ids() for s in shards)))
+    src.open_conflicts = lambda: len(conflicted)
+    return refresh
+
+
+def build_alerts(
+    cfg: Config, store: Store, table: BindingTable, *, on_sent: Callable[[str], None] = lambda kind: None
+) -> AlertActor:
     """The alert actor; with no ``alerts.email_to`` it only logs. Refuses a bad SMTP URL as a config error."""
     a = cfg.alerts
     mailer = None
@@ -389,7 +430,7 @@ def build_alerts(cfg: Config, store: Store, table: BindingTable) -> AlertActor:
             raise ConfigError(str(exc)) from None
     policy = AlertPolicy(low_stock_threshold=a.low_stock_threshold, thresholds=dict(a.thresholds))
     return AlertActor(AlertDeps(store=store, policy=policy, mailer=mailer, recipients=tuple(a.email_to),
-                                lookup=table.get))
+                                lookup=table.get, on_sent=on_sent))
 
 
 def _watchdog_beat() -> None:

@@ -535,7 +535,9 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(f"[yellow]Clover verification code:[/yellow] {wh['clover_verification_code']} "
                       "(paste it into the Clover developer dashboard, then Verify)")
     rec = data["reconcile"]
-    console.print(f"reconcile every: {rec['every_s'] or 'off'}s, last: {rec['last'] or 'never'}")
+    every = f"{rec['every_s']:g} s" if rec["every_s"] else "off"
+    last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last"])) if rec["last"] else "never"
+    console.print(f"reconcile every: {every}, last: {last}")
     ex = data.get("exclusions")
     if ex:
         listed = ", ".join(ex["skus"]) + (" ..." if ex["count"] > len(ex["skus"]) else "")

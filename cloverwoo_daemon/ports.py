@@ -87,8 +87,9 @@ class CloverPort(Protocol):
 
 
 # -- a Woo stock write, optionally with extra product meta sent in the same request
-# (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only.
-StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str]]
+# (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only; a
+# value of None removes the key (the REST API's ``update_meta_data(key, null)``).
+StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str | None]]
 
 
 class WooPort(Protocol):

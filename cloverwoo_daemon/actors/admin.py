@@ -20,7 +20,7 @@ from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.actors.jobs import JobBusy, JobRunner, JobStatus
 from cloverwoo_daemon.actors.location import LocationActor
 from cloverwoo_daemon.actors.modes import MODES
-from cloverwoo_daemon.actors.router import PollFound, Router, RouterInput
+from cloverwoo_daemon.actors.router import Router, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_poller import WooPoller
@@ -75,7 +75,6 @@ class Admin:
     listen_url: str = ""
     started_at: float = field(default_factory=time.time)
     store_stats: Callable[[], Any] = lambda: None
-    last_reconcile: float | None = None
     # set by app.py: actors.stock_policy.StockPolicyActor, actors.health.HealthActor
     stock_policy: Any = None
     health_monitor: Any = None
@@ -285,13 +284,6 @@ class Admin:
             "rejected": [{"line": e.line, "reason": e.reason} for e in errors],
         })
 
-    async def reconcile(self, trigger: str) -> int:
-        """Mark every binding dirty: each gets a merge from fresh reads (the net under webhooks and polls)."""
-        ids = frozenset(self.table.ids())
-        await self.router_inbox.send(PollFound(trigger, trio.current_time(), binding_ids=ids))
-        self.last_reconcile = time.time()
-        return len(ids)
-
     async def _log(self, req: LogRequest) -> ControlResponse:
         rows = await self.store.query_log(sku=req.sku, level=req.level, since=req.since, after_id=req.after_id,
                                           limit=req.limit)
@@ -331,7 +323,10 @@ class Admin:
                 "last_event": self.webhooks.last_event,
                 "clover_verification_code": self.webhooks.verification_code,
             },
-            "reconcile": {"every_s": self.reconcile_every, "last": self.last_reconcile},
+            "reconcile": {"every_s": self.reconcile_every, "last": max(
+                (j.finished_at for k, j in self.jobs.last.items()
+                 if k in ("reconcile", "full") and j.finished_at and not j.dry_run and j.state == "done"),
+                default=None)},
             "jobs": {
                 "current": msgspec.to_builtins(msgspec.structs.replace(self.jobs.current, diff=[]))
                 if self.jobs.current else None,

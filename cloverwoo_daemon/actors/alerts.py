@@ -99,6 +99,7 @@ class AlertDeps:
     clock: Callable[[], float] = time.time  # unix seconds, for what the email says
     capacity: int = 1_000
     overflow_limit: int = 10_000
+    on_sent: Callable[[str], None] = lambda kind: None  # metrics hook: the mail server accepted an email of kind
 
 
 @dataclass
@@ -373,6 +374,7 @@ class AlertActor:
             log.warning("alert_send_failed", outbox_id=email.id, kind=email.kind, attempt=out.attempts,
                         retry_in_s=round(delay, 1), permanent=isinstance(exc, PermanentError), error=str(exc))
             return
+        d.on_sent(email.kind)
         await d.store.mark_email_sent(email.id)
         self._outbox.pop(email.id, None)
         self.sent += 1

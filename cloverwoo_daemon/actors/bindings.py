@@ -10,9 +10,13 @@ safe as long as nobody awaits between reading and using an entry.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 
 from cloverwoo_daemon.core.model import Binding, WooRef
+
+STATES = ("synced", "never_synced", "stale", "conflict", "excluded", "untracked")
+"""Binding states for ``/metrics``; ``states()`` puts every binding in exactly one."""
 
 
 def shard_of(binding_id: str, shards: int) -> int:
@@ -26,6 +30,7 @@ class BindingTable:
         self._by_clover: dict[tuple[str, str], str] = {}  # (location, item id) -> binding id
         self._by_woo_product: dict[int, set[str]] = {}  # product id (parent for variations) -> binding ids
         self._by_woo_ref: dict[WooRef, str] = {}
+        self._kinds: Counter[str] = Counter()  # _kind of every binding, kept as they are put: states() is O(1)
         for b in bindings:
             self.put(b)
 
@@ -48,6 +53,9 @@ class BindingTable:
         old = self._by_id.get(binding.binding_id)
         if old is not None and (old.clover_items != binding.clover_items or old.woo != binding.woo):
             self._unindex(old)
+        if old is not None:
+            self._kinds[_kind(old)] -= 1
+        self._kinds[_kind(binding)] += 1
         self._by_id[binding.binding_id] = binding
         for loc, item_id in binding.clover_items.items():
             self._by_clover[(loc, item_id)] = binding.binding_id
@@ -58,7 +66,29 @@ class BindingTable:
         old = self._by_id.pop(binding_id, None)
         if old is not None:
             self._unindex(old)
+            self._kinds[_kind(old)] -= 1
         return old
+
+    def states(self, *, conflicted: Iterable[str] = (), stale: Iterable[str] = ()) -> dict[str, int]:
+        """Bindings per state (``STATES``), each counted once, in this order of precedence:
+
+        untracked (manage_stock off), excluded (admin opt-out), conflict (an
+        open conflict; ``conflicted`` binding ids), stale (merged without a
+        location that was down; ``stale`` ids), never_synced (no base yet),
+        synced. Cost: O(len(conflicted) + len(stale)), whatever the table's size.
+        """
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(self._kinds)
+        marked = dict.fromkeys(stale, "stale") | dict.fromkeys(conflicted, "conflict")
+        for bid, state in marked.items():
+            b = self._by_id.get(bid)
+            if b is None:
+                continue  # unbound since
+            kind = _kind(b)
+            if kind in ("synced", "never_synced"):
+                counts[kind] -= 1
+                counts[state] += 1
+        return counts
 
     def _unindex(self, b: Binding) -> None:
         for loc, item_id in b.clover_items.items():
@@ -81,3 +111,12 @@ class BindingTable:
     def by_woo_product(self, product_id: int) -> set[str]:
         """Every binding of a product: the simple product itself, or all variations of a variable one."""
         return set(self._by_woo_product.get(product_id, ()))
+
+
+def _kind(b: Binding) -> str:
+    """The state a binding's own fields give (``states`` overlays conflict and stale)."""
+    if not b.tracked:
+        return "untracked"
+    if b.excluded:
+        return "excluded"
+    return "never_synced" if b.base_woo is None else "synced"

@@ -42,7 +42,8 @@ class Intake:
     def depth(self) -> int:
         return self.router.statistics().current_buffer_used
 
-    async def accept(self, items: list[tuple[str, InboundEvent]]) -> None:
+    async def accept(self, items: list[tuple[str, InboundEvent]]) -> int:
+        """Store then route ``items``; returns how many were new (the rest were duplicates)."""
         if self.closed:
             raise Overloaded(retry_after=5)  # shutting down: the sender retries against the next incarnation
         if self.depth() + len(items) > self.capacity:
@@ -50,9 +51,12 @@ class Intake:
         results = await self.store.accept_events([(key, _encoder.encode(ev)) for key, ev in items])
         mono = trio.current_time()
         now = time.time()
+        new = 0
         for (event_id, is_new), (_, ev) in zip(results, items, strict=True):
             if is_new:
+                new += 1
                 self.accepted += 1
                 await self.router.send(RouteEvent(InboxEvent(event_id, ev, now), mono))
             else:
                 self.duplicates += 1
+        return new

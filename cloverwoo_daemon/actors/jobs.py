@@ -54,6 +54,7 @@ from cloverwoo_daemon.ports import CloverPort, RemoteError, StorePort, WooPort
 log = structlog.get_logger("cloverwoo.jobs")
 
 JOB_KEY = "job.current"
+RECOUNT_WINDOW = 2000  # recounts sent to the shards and not yet done, at most (memory, not speed)
 DIFF_ROWS = 2000  # a dry run lists at most this many differing bindings (the counts are always complete)
 
 
@@ -130,9 +131,13 @@ class JobRunner:
     on_mode: Callable[[core_merge.MergeConfig], None] = lambda cfg: None  # swaps the shards' (and pollers') config
     mode_recount_at_start: bool = False  # the bindings were synced under another mode (modes.resolve_mode)
     _meta_jobs: set[str] = field(default_factory=set)  # mode jobs: every binding's per-location meta rewritten
+    _meta_clearing: set[str] = field(default_factory=set)  # mode jobs leaving per-location: the meta removed
 
     def is_mode_job(self, job_id: str) -> bool:
         return job_id in self._meta_jobs
+
+    def clears_location_meta(self, job_id: str) -> bool:
+        return job_id in self._meta_clearing
 
     def mode_switching(self) -> bool:
         return bool(self._meta_jobs)
@@ -152,6 +157,13 @@ class JobRunner:
             status.report = {"from": self.merge_config.mode, "to": mode}
             self._meta_jobs.add(status.id)
             try:
+                # Leaving per-location mode removes the meta it wrote. "Leaving": the bindings were last
+                # synced under it (also after a restart that interrupted this very switch, or a config
+                # change), or it is the mode in effect (a switch to it that failed half-way wrote some).
+                synced = await self.store.get_kv(MODE_SYNCED_KEY)
+                if mode != "per-location" and "per-location" in (synced, self.merge_config.mode):
+                    self._meta_clearing.add(status.id)
+                    status.report["location_meta"] = "removed"
                 await self.store.set_kv(MODE_KEY, mode)  # chosen: the next start keeps it (modes.py)
                 self.merge_config = new_cfg
                 # A binding whose locations change is recounted; until its Initialise, a merge of it must
@@ -169,6 +181,7 @@ class JobRunner:
             finally:
                 self.on_mode(new_cfg)
                 self._meta_jobs.discard(status.id)
+                self._meta_clearing.discard(status.id)
 
 
     # ------------------------------------------------------------ scheduling
@@ -215,8 +228,11 @@ class JobRunner:
         # webhook was refused while the daemon was down, has no inbox event: after a crash nothing would
         # trigger it until the next reconcile (never, with reconcile_every = "off"). One pass at start
         # compares the list reads with the bases and merges what drifted.
+        # An import or push the crash interrupted left its unfinished bindings differing on purpose: that is
+        # not lost webhooks, so this pass raises no drift alert then (it still merges them, keeping any sale).
+        interrupted = saved is not None and _resumable(msgspec.json.decode(saved, type=JobStatus))
         try:
-            await self.reconcile(dry_run=False)
+            await self.reconcile(dry_run=False, alert=not interrupted)
         except (RemoteError, JobBusy) as exc:
             log.warning("startup_reconcile_skipped", error=str(exc)[:300])
         attempt = 0
@@ -230,7 +246,7 @@ class JobRunner:
                 await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
         if saved:
             prev = msgspec.json.decode(saved, type=JobStatus)
-            if prev.state not in ("done", "failed") and prev.kind in ("import", "push") and not prev.dry_run:
+            if _resumable(prev):
                 log.info("job_resuming", job=prev.id, kind=prev.kind, done=prev.done, total=prev.total)
                 async with trio.open_nursery() as n:
                     n.start_soon(self._resume, prev)
@@ -276,11 +292,23 @@ class JobRunner:
         async def read_woo() -> None:
             woo_list.extend(await self.woo.list_items())
 
-        async with trio.open_nursery() as n:
-            for loc, client in self.clovers.items():
-                if loc in self.merge_config.locations:  # single mode lists the primary only
-                    n.start_soon(read, loc, client)
-            n.start_soon(read_woo)
+        try:
+            async with trio.open_nursery() as n:
+                for loc, client in self.clovers.items():
+                    if loc in self.merge_config.locations:  # single mode lists the primary only
+                        n.start_soon(read, loc, client)
+                n.start_soon(read_woo)
+        except BaseExceptionGroup as group:
+            # a failed read comes out of the nursery wrapped (strict groups), past every ``except
+            # RemoteError``: the jobs actor crashed, and at its restart re-read and crashed again, until the
+            # daemon exited on its crash budget during an outage. Raised bare when every failure is remote.
+            remote, other = group.split(RemoteError)
+            if remote is None or other is not None:
+                raise
+            bare: BaseException = remote
+            while isinstance(bare, BaseExceptionGroup):
+                bare = bare.exceptions[0]
+            raise bare from None
         report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary)
         put, removed = matching.reconcile_bindings(self.table.all(), report)
         # a new binding whose SKU was excluded beforehand is born excluded (the shard does the same)
@@ -355,7 +383,7 @@ class JobRunner:
                 if not dry_run:
                     await self._persist(status)
 
-    async def reconcile(self, *, dry_run: bool, full: bool = False) -> JobStatus:
+    async def reconcile(self, *, dry_run: bool, full: bool = False, alert: bool = True) -> JobStatus:
         """Compare every binding's list reads with its bases; merge (from fresh reads) those that drifted."""
         if self._lock.locked():
             raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
@@ -409,7 +437,8 @@ class JobRunner:
                         await self._dirty(tuple(drifted), "reconcile")
                     if never:
                         await self._recount(status, snap, never, count_total=False)
-                    self.on_drift(len(drifted), len(bindings))
+                    if alert:
+                        self.on_drift(len(drifted), len(bindings))
                 if drifted:
                     log.warning("drift_found", drifted=len(drifted), woo_side=woo_side, clover_side=clover_side,
                                 total=len(bindings), dry_run=dry_run)
@@ -446,25 +475,34 @@ class JobRunner:
         if count_total:
             status.total = len(todo)
             status.done = 0
+        todo = list({b.binding_id: b for b in todo}.values())
         waiting = {b.binding_id for b in todo}
         self._waiting[status.id] = waiting
         nshards = len(self.shards)
+        last_saved = time.monotonic()
+
+        async def progressed() -> None:
+            nonlocal last_saved
+            await self._progress.wait()
+            self._progress = trio.Event()
+            if count_total:
+                status.done = status.total - len(waiting)
+            if status.kind in ("import", "push") and time.monotonic() - last_saved > 2.0:
+                await self._persist(status)
+                last_saved = time.monotonic()
+
         try:
-            for b in todo:
+            for sent, b in enumerate(todo):
+                # At most RECOUNT_WINDOW outstanding: the shards' queues hold a window, not the catalogue.
+                while sent - (len(todo) - len(waiting)) >= RECOUNT_WINDOW:
+                    await progressed()
                 reads = snap.reads(b, self.merge_config.locations)
                 await self.shards[shard_of(b.binding_id, nshards)].send(
                     Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id,
                                version=snap.versions.get(b.binding_id, b.version))
                 )
-            last_saved = time.monotonic()
             while waiting:
-                await self._progress.wait()
-                self._progress = trio.Event()
-                if count_total:
-                    status.done = status.total - len(waiting)
-                if status.kind in ("import", "push") and time.monotonic() - last_saved > 2.0:
-                    await self._persist(status)
-                    last_saved = time.monotonic()
+                await progressed()
             if count_total:
                 status.done = status.total
         finally:
@@ -493,6 +531,7 @@ class JobRunner:
         return status
 
     def _finish(self, status: JobStatus) -> JobStatus:
+        self._expected = {}  # a copy of every binding: needed only while the job runs
         status.state = "done"
         status.finished_at = time.time()
         self.last[status.kind] = status
@@ -503,6 +542,7 @@ class JobRunner:
         return status
 
     def _fail(self, status: JobStatus, exc: BaseException) -> None:
+        self._expected = {}
         if isinstance(exc, trio.Cancelled) or status.state == "done":
             return  # a shutdown mid-job: the saved state lets the next start resume it
         status.state = "failed"
@@ -553,3 +593,8 @@ def _summary(report: Any, *, changed: int, removed: int) -> dict[str, Any]:
     if isinstance(unmatched_clover, dict):
         out["unmatched_clover"] = sum(len(v) for v in unmatched_clover.values())
     return out
+
+
+def _resumable(job: JobStatus) -> bool:
+    """An import or push that a crash or restart stopped before it finished (a dry run is not resumed)."""
+    return job.state not in ("done", "failed") and job.kind in ("import", "push") and not job.dry_run

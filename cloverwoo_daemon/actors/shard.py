@@ -117,6 +117,8 @@ class ShardDeps:
     # -- locations down are skipped (and caught up on return); per-location figures as Woo meta
     reach: Reachability | None = None
     mode_job: Callable[[str], bool] = lambda job_id: False  # this job is a mode switch (jobs.switch_mode)
+    # this mode switch leaves per-location mode: each of its merges removes the per-location meta
+    clears_location_meta: Callable[[str], bool] = lambda job_id: False
     mode_switching: Callable[[], bool] = lambda: False  # a mode switch is running
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
@@ -146,7 +148,11 @@ class ShardActor:
         self._prior_woo: dict[str, int] = {}
         if deps.reach is not None:
             deps.reach.on_return.append(self._location_returned)
-        self._sem = trio.Semaphore(deps.max_parallel)
+        # Bindings ready to merge, taken in order by ``max_parallel`` workers: a fixed pool rather than a task
+        # per binding, so that 50,000 bindings made dirty at once (a first start, a reconcile) cost a queue
+        # entry each, not a parked task each. Kept across incarnations; a stale entry is a no-op.
+        self._ready_send, self._ready = trio.open_memory_channel[str](math.inf)
+        self._backing_off: dict[str, _Pending] = {}  # failed merges waiting out their retry delay
         self._nursery: trio.Nursery | None = None
         self.merges = 0
         self.failed_merges = 0
@@ -166,6 +172,10 @@ class ShardActor:
             "echoes_skipped": self.echoes_skipped,
             "stale": len(set().union(*self._stale.values())) if self._stale else 0,
         }
+
+    def stale_ids(self) -> set[str]:
+        """Bindings merged without a location that was down (merged again when it answers), for /metrics."""
+        return set().union(*self._stale.values())
 
     def has_pending(self, bid: str) -> bool:
         """A trigger for this binding is queued, running or waiting to retry."""
@@ -187,13 +197,18 @@ class ShardActor:
             self._nursery = nursery
             # A previous incarnation may have left work: schedule it again.
             leftovers = {**self._again}
+            for bid, p in self._backing_off.items():  # their retry timers died with the last incarnation
+                leftovers.setdefault(bid, _Pending()).absorb_pending(p)
+            self._backing_off.clear()
             for bid, p in self._running.items():
                 # A merge the crash interrupted: its events are still unsettled, so they go round again.
                 leftovers.setdefault(bid, _Pending()).absorb(p.event_ids, "restart", p.received_at)
             self._running.clear()
             self._again.clear()
+            for _ in range(max(1, self.deps.max_parallel)):
+                nursery.start_soon(self._worker)
             for bid in list(self._dirty):
-                nursery.start_soon(self._merge_task, bid)
+                self._ready_send.send_nowait(bid)
             for bid, p in leftovers.items():
                 p.triggers.add("restart")
                 self._enqueue_pending(bid, p)
@@ -233,32 +248,35 @@ class ShardActor:
             self._dirty[bid].absorb_pending(p)
         else:
             self._dirty[bid] = p
-            assert self._nursery is not None
-            self._nursery.start_soon(self._merge_task, bid)
+            self._ready_send.send_nowait(bid)
+
+    async def _worker(self) -> None:
+        async for bid in self._ready:
+            await self._merge_task(bid)
 
     async def _merge_task(self, bid: str) -> None:
-        async with self._sem:
-            pending = self._dirty.pop(bid, None)
-            if pending is None:
-                return
-            self._running[bid] = pending
-            self.trigger_counts.update(pending.triggers)
-            ok = False
-            rerun = False
-            try:
-                if pending.initialise is not None:
-                    rerun = await self._initialise(bid, pending, pending.initialise)
-                else:
-                    rerun = await self._merge(bid, pending)
-                ok = True
-            except _MergeFailed:
-                pass
-            except (RemoteError, OSError) as exc:
-                log.warning("merge_failed", binding_id=bid, error=_short(exc))
-                await self._log_failure(bid, pending, exc)
-            # Not in a ``finally``: when a bug crashes this actor, the interrupted merge stays in
-            # ``_running`` so that the next incarnation runs it again with its unsettled events.
-            self._running.pop(bid, None)
+        """Merge ``bid`` with what is pending for it, then settle, follow up, or schedule a retry."""
+        pending = self._dirty.pop(bid, None)
+        if pending is None:
+            return
+        self._running[bid] = pending
+        self.trigger_counts.update(pending.triggers)
+        ok = False
+        rerun = False
+        try:
+            if pending.initialise is not None:
+                rerun = await self._initialise(bid, pending, pending.initialise)
+            else:
+                rerun = await self._merge(bid, pending)
+            ok = True
+        except _MergeFailed:
+            pass
+        except (RemoteError, OSError) as exc:
+            log.warning("merge_failed", binding_id=bid, error=_short(exc))
+            await self._log_failure(bid, pending, exc)
+        # Not in a ``finally``: when a bug crashes this actor, the interrupted merge stays in
+        # ``_running`` so that the next incarnation runs it again with its unsettled events.
+        self._running.pop(bid, None)
         if ok:
             self.merges += 1
             self._failures.pop(bid, None)
@@ -282,17 +300,24 @@ class ShardActor:
             self._failures[bid] = attempt
             self.deps.on_failure(bid, attempt)
             delay = self.deps.retry.next_delay(min(attempt, 30)) or self.deps.retry.cap
-            await trio.sleep(delay)
-            # Back in line with everything that arrived meanwhile; the events stay unsettled.
-            again = self._again.pop(bid, None)
-            if again is not None:
-                pending.absorb_pending(again)
-            pending.triggers.add("retry")
-            self._enqueue_pending(bid, pending)
+            assert self._nursery is not None
+            self._backing_off[bid] = pending  # (a restart of this actor re-queues it at once)
+            self._nursery.start_soon(self._retry_later, bid, pending, delay)  # the worker moves on
             return
         again = self._again.pop(bid, None)
         if again is not None:
             self._enqueue_pending(bid, again)
+
+    async def _retry_later(self, bid: str, pending: _Pending, delay: float) -> None:
+        await trio.sleep(delay)
+        if self._backing_off.pop(bid, None) is not pending:
+            return  # re-queued by a restart meanwhile
+        # Back in line with everything that arrived meanwhile; the events stay unsettled.
+        again = self._again.pop(bid, None)
+        if again is not None:
+            pending.absorb_pending(again)
+        pending.triggers.add("retry")
+        self._enqueue_pending(bid, pending)
 
     # ----------------------------------------------------------------- merge
 
@@ -484,7 +509,7 @@ class ShardActor:
         d.intents[bid] = _intent_encoder.encode(intent)
 
         # 1. WooCommerce: the delta and the version marker in one request.
-        attached: dict[str, str] | None = None
+        attached: dict[str, str | None] | None = None
         if plan.woo_delta:
             # the figures this merge will leave go in the same request as the delta
             expected = msgspec.structs.replace(binding, base_clover={**binding.base_clover, **plan.clover_expected})
@@ -571,20 +596,27 @@ class ShardActor:
         return {loc: q for loc in self.deps.merge_config.active
                 if loc in binding.clover_items and (q := binding.base_clover.get(loc)) is not None}
 
-    def _location_meta(self, binding: Binding, shown: dict[str, int], pending: _Pending) -> dict[str, str] | None:
-        """The meta to write in per-location mode, or None: another mode, or the figures did not change."""
+    def _location_meta(self, binding: Binding, shown: dict[str, int],
+                       pending: _Pending) -> dict[str, str | None] | None:
+        """The meta to write in per-location mode, or None: another mode, or the figures did not change.
+
+        A mode switch away from per-location mode removes the key instead (a None value), from every
+        binding it recounts: a stale figure must not stay on show to the theme or a pickup plugin.
+        """
         d = self.deps
+        job = pending.initialise.job_id if pending.initialise is not None else None
         if d.merge_config.mode != "per-location":
+            if job is not None and d.clears_location_meta(job):
+                return {LOCATION_META_KEY: None}
             return None
         figures = self._figures(binding)
-        job = pending.initialise.job_id if pending.initialise is not None else None
         force = binding.binding_id in self._meta_owed or (job is not None and d.mode_job(job))
         if not figures or (figures == shown and not force):
             return None
         return {LOCATION_META_KEY: json.dumps(figures, sort_keys=True)}
 
     async def _write_location_meta(self, binding: Binding, shown: dict[str, int], pending: _Pending,
-                                   attached: dict[str, str] | None) -> None:
+                                   attached: dict[str, str | None] | None) -> None:
         """A meta-only write when the figures changed and the delta's request did not already carry them."""
         bid = binding.binding_id
         meta = self._location_meta(binding, shown, pending)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -36,6 +37,13 @@ HEADER: tuple[str, ...] = (
 )
 
 Match = Literal["sku", "id"]
+
+MAX_QUANTITY = 1_000_000_000
+"""The largest count a row may set. The file is typed by hand and goes straight to a Clover write, then to
+WooCommerce and the store's 64-bit integers as a delta: a typo of twenty digits must be a rejected row, not a
+write no side can hold."""
+_WHOLE = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take '١٢', '1_000' and '+5'
+_ID = re.compile(r"[0-9]{1,19}")  # str.isdigit() also takes '²', which int() refuses
 
 
 class ExportRow(msgspec.Struct, frozen=True):
@@ -130,7 +138,7 @@ def parse_import(
                 continue
         else:
             pid, vid = row["woo_product_id"], row["woo_variation_id"] or "0"
-            if not (pid.isdigit() and vid.isdigit()):
+            if _ID.fullmatch(pid) is None or _ID.fullmatch(vid) is None:
                 errors.append(RowError(line, "woo_product_id and woo_variation_id must be whole numbers"))
                 continue
             key = f"{int(pid)}:{int(vid)}"
@@ -143,14 +151,16 @@ def parse_import(
             errors.append(RowError(line, f"{key!r} is not bound at location {location!r}"))
             continue
         raw = row["clover_stock"]
-        try:
-            quantity = int(raw)
-        except ValueError:
+        if _WHOLE.fullmatch(raw) is None:
             errors.append(RowError(line, f"clover_stock {raw!r} is not a whole number"))
             continue
-        if quantity < 0:
-            errors.append(RowError(line, f"clover_stock {quantity} is negative"))
+        if raw.startswith("-") and raw.strip("-0"):
+            errors.append(RowError(line, f"clover_stock {raw} is negative"))
             continue
+        if len(raw.lstrip("-0")) > len(str(MAX_QUANTITY)) or int(raw) > MAX_QUANTITY:
+            errors.append(RowError(line, f"clover_stock {raw} is more than {MAX_QUANTITY:,}"))
+            continue
+        quantity = int(raw)
         stamp = row["woo_stock"]
         if stamp and woo_now is not None:
             try:

@@ -106,6 +106,8 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder[_T]) -> _T:
         raise MalformedPayload(f"invalid field: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MalformedPayload(f"not JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec raises it, not DecodeError, for a string that is not UTF-8
+        raise MalformedPayload("not UTF-8") from None
 
 
 def _key(*parts: object) -> str:
@@ -164,6 +166,8 @@ def parse_clover(body: bytes) -> CloverParsed:
         return CloverVerification(_handshake_decoder.decode(body).verificationCode)
     except msgspec.DecodeError:
         pass
+    except UnicodeDecodeError:
+        raise MalformedPayload("not UTF-8") from None
     parsed = _decode(body, _clover_decoder)
     items: list[tuple[str, CloverChange]] = []
     for merchant_id, updates in parsed.merchants.items():

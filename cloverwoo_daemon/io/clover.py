@@ -26,6 +26,9 @@ Rules:
   (OAuth v2, expiring); with a provider, a 401 gets one new token and one
   more try, and a second 401 is a ``PermanentError``.
 
+Every 429, retry and stock write is told to ``hooks`` (``io.metrics.ClientHooks``),
+for ``/metrics``.
+
 Error handling: only ``ports.RemoteError`` and its subclasses leave the
 public methods; ``trio.Cancelled`` passes through untouched.
 """
@@ -36,7 +39,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -46,11 +49,14 @@ import trio
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import CloverItem
 from cloverwoo_daemon.core.ratelimit import TokenBucket
+from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 
 __all__ = ["AppGate", "CloverClient", "Gate", "TokenProvider", "round_quantity"]
 
 log = structlog.get_logger("cloverwoo.clover")
+
+T = TypeVar("T")
 
 PAGE = 1000  # Clover's hard limit per page
 NESTED_LIMIT = 100  # expanded collections are cut at this many elements
@@ -244,8 +250,10 @@ class CloverClient:
         backoff: Backoff | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        hooks: ClientHooks | None = None,  # 429s, retries and stock writes, for /metrics
     ) -> None:
         self.location = location
+        self.hooks = hooks or ClientHooks()
         self.merchant_id = merchant_id
         self.app_gate = app_gate
         self.token_gate = Gate(rate=rate, in_flight=in_flight, burst=burst, name="token")
@@ -330,6 +338,7 @@ class CloverClient:
                 self._log.warning("clover_request_failed", what=what, attempts=attempt, reason=reason)
                 raise RemoteError(f"clover {self.location}: {what}: {reason} after {attempt} attempts")
             self._log.info("clover_retry", what=what, attempt=attempt, reason=reason, delay=round(delay, 3))
+            self.hooks.retried()
             await trio.sleep(delay)
 
     def _on_429(self, resp: httpx.Response, what: str, attempt: int) -> float:
@@ -340,6 +349,7 @@ class CloverClient:
         wait = given if given is not None else 1.0
         gate = self.app_gate if header in _APP_HEADERS else self.token_gate
         gate.block_for(wait)
+        self.hooks.rate_limited()
         self._log.warning(
             "clover_rate_limited", what=what, attempt=attempt, limit_header=header or None, limit=limit or None,
             retry_after=given, gate=gate.name,
@@ -412,8 +422,9 @@ class CloverClient:
                 try:
                     async with trio.open_nursery() as n:
                         n.start_soon(before_write, target)
-                        raw = await self._raw("POST", f"/item_stocks/{item_id}", "POST item_stocks/{id}",
-                                              headers, json={"quantity": target})
+                        raw = await self._counted_write(self._raw(
+                            "POST", f"/item_stocks/{item_id}", "POST item_stocks/{id}", headers,
+                            json={"quantity": target}))
                 except ExceptionGroup as group:
                     if len(group.exceptions) == 1:
                         raise group.exceptions[0] from None
@@ -438,9 +449,20 @@ class CloverClient:
             self._on_429(resp, what, 1)
         raise RemoteError(f"clover {self.location}: {what}: HTTP {resp.status_code}")
 
+    async def _counted_write(self, write: Awaitable[T]) -> T:
+        """A stock write's outcome for ``hooks.wrote``: ok, or error when it raised or found no item (None)."""
+        try:
+            result = await write
+        except RemoteError:
+            self.hooks.wrote(False, 1)
+            raise
+        self.hooks.wrote(result is not None, 1)
+        return result
+
     async def set_stock(self, item_id: str, quantity: int) -> int:
         what = "POST item_stocks/{id}"
-        raw = await self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity})
+        raw = await self._counted_write(
+            self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity}))
         body = self._decode(raw, _StockWrite, what)
         q = body.quantity if body.quantity is not None else body.stockCount
         result = round_quantity(q)

@@ -566,7 +566,12 @@ def oauth_providers(
     on_alert: Alert = _log_alert,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[dict[str, OAuthTokens], list[CloverOAuth]]:
-    """A provider per active OAuth location (for ``app.py``), and the HTTP clients to close at release.
+    """A provider per OAuth location (for ``app.py``), and the HTTP clients to close at release.
+
+    Every configured location, active or not: ``cloverwoo mode`` can make an inactive one active at run
+    time, and its client needs a token then. An inactive location's API is never called; its tokens are
+    kept fresh all the same (``keep_fresh`` calls Clover's OAuth endpoint only), so the switch finds them
+    valid.
 
     Resource handling: the caller closes the returned ``CloverOAuth``
     clients, and runs each provider's ``keep_fresh`` in its nursery.
@@ -574,7 +579,7 @@ def oauth_providers(
     timeout = parse_duration(cfg.clover.timeout, key="clover.timeout") or 30.0
     providers: dict[str, OAuthTokens] = {}
     clients: list[CloverOAuth] = []
-    for loc in cfg.active_locations:
+    for loc in cfg.clover.locations:
         if not loc.oauth:
             continue
         oauth = CloverOAuth(base_url=cfg.clover.base_url, client_id=loc.client_id, timeout=min(timeout, 15.0),

@@ -26,14 +26,16 @@ Rules this module keeps:
 Status codes: 200 stored or duplicate (the store dedups on the key), or ping,
 handshake, or a topic we ignore; 400 malformed; 401 authentication failed;
 405/404 wrong method or path; 408 body too slow; 413 too large; 503 overloaded
-or not stored.
+or not stored. Each delivery's outcome is also reported to ``on_received``
+with a result from ``io.metrics.EVENT_RESULTS`` (accepted and duplicate count
+events, every other result counts the delivery once).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,14 +72,18 @@ HANDSHAKE_MAX_BYTES = 1024
 PING_MAX_BYTES = 64
 BODY_TIMEOUT = 30.0
 """Seconds to receive a whole body; a sender trickling bytes gets 408 (hypercorn's own timeouts cover headers)."""
+METRICS_REFRESH_TIMEOUT = 2.0
+"""Seconds ``before_metrics`` may take; past that the scrape is answered with the values it had."""
+_REFUSED = {400: "malformed", 401: "rejected_auth", 408: "timeout", 413: "too_large"}
 
 
 class Intake(Protocol):
     """Where accepted deliveries go (implemented by the actors over the store)."""
 
-    async def accept(self, items: list[tuple[str, InboundEvent]]) -> None:
+    async def accept(self, items: list[tuple[str, InboundEvent]]) -> int | None:
         """Durably store ``(dedup_key, event)`` pairs (a known key is a duplicate: ignored), then enqueue.
 
+        Returns how many were new (None: not known, all are counted as accepted).
         Raises ``Overloaded`` when the queues are full; nothing is stored then.
         """
         ...
@@ -95,6 +101,8 @@ class WebhookDeps:
     health: Callable[[], tuple[bool, dict[str, Any]]]  # (healthy, detail) for /healthz
     registry: CollectorRegistry  # metrics are registered here: use one registry per app
     queue_depth: Callable[[], float] | None = None  # intake queue depth, read at scrape time
+    on_received: Callable[[str, str, int], None] | None = None  # (source, result, count) of each delivery
+    before_metrics: Callable[[], Awaitable[None]] | None = None  # refreshes what /metrics reads from the store
 
 
 class _Metrics:
@@ -119,6 +127,14 @@ class _Metrics:
         self.queue = Gauge("cloverwoo_intake_queue_depth", "Events waiting for the actors.", registry=r)
         if deps.queue_depth is not None:
             self.queue.set_function(deps.queue_depth)
+
+
+@dataclass
+class _Outcome:
+    """What one delivery's events became (filled in by ``store``)."""
+
+    accepted: int = 0
+    duplicate: int = 0
 
 
 class _Answer(Exception):
@@ -164,12 +180,12 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     metrics = _Metrics(deps)
 
-    async def store(source: str, items: list[tuple[str, InboundEvent]]) -> None:
+    async def store(source: str, items: list[tuple[str, InboundEvent]], out: _Outcome) -> None:
         if not items:
             return
         try:
             with trio.CancelScope(shield=True):
-                await deps.intake.accept(items)
+                new = await deps.intake.accept(items)
         except Overloaded as exc:
             retry = max(1, int(exc.retry_after))
             raise _Answer(503, "overloaded", {"Retry-After": str(retry)}) from None
@@ -177,8 +193,10 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
             log.error("intake_failed", source=source, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             raise _Answer(503, "not stored", {"Retry-After": "5"}) from None
         metrics.events.labels(source).inc(len(items))
+        out.accepted += len(items) if new is None else new
+        out.duplicate += 0 if new is None else len(items) - new
 
-    async def clover() -> dict[str, Any]:
+    async def clover(out: _Outcome) -> dict[str, Any]:
         body = await _read_body(deps.max_body_bytes)
         if not verify_clover_auth(request.headers.get("X-Clover-Auth"), deps.clover_auth_code):
             if len(body) <= HANDSHAKE_MAX_BYTES:
@@ -195,7 +213,7 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
             raise _Answer(400, exc.reason) from None
         if isinstance(parsed, CloverVerification):
             return verification(parsed.code)
-        await store("clover", [(key, change) for key, change in parsed.items])
+        await store("clover", [(key, change) for key, change in parsed.items], out)
         return {"ok": True, "events": len(parsed.items)}
 
     def verification(code: str) -> dict[str, Any]:
@@ -206,7 +224,7 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
             log.error("verification_callback_failed", error=f"{type(exc).__name__}: {exc}")
         return {"ok": True}
 
-    async def woo() -> dict[str, Any]:
+    async def woo(out: _Outcome) -> dict[str, Any]:
         body = await _read_body(deps.max_body_bytes)
         topic = request.headers.get("X-WC-Webhook-Topic")
         if not verify_woo_signature(body, request.headers.get("X-WC-Webhook-Signature"), deps.woo_webhook_secret):
@@ -229,15 +247,34 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
             case WooIgnored(topic=ignored):
                 log.info("woo_topic_ignored", topic=ignored)
             case WooDelivery(key=key, change=change):
-                await store("woocommerce", [(key, change)])
+                await store("woocommerce", [(key, change)], out)
         return {"ok": True}
 
-    def route(source: str, handler: Callable[[], Any]) -> Callable[[], Any]:
+    def received(source: str, status: int, error: str, out: _Outcome) -> None:
+        if deps.on_received is None:
+            return
+        if status == 200:
+            counts = {"accepted": out.accepted, "duplicate": out.duplicate}
+            if not any(counts.values()):
+                counts = {"ignored": 1}  # ping, handshake, a topic we do not use
+        else:
+            counts = {_REFUSED.get(status) or ("overloaded" if error == "overloaded" else "failed"): 1}
+        try:
+            for result, n in counts.items():
+                if n:
+                    deps.on_received(source, result, n)
+        except Exception as exc:  # noqa: BLE001 - a metrics hook must not turn an answer into an error
+            log.error("on_received_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def route(source: str, handler: Callable[[_Outcome], Any]) -> Callable[[], Any]:
         async def endpoint() -> Response:
             start = time.perf_counter()
+            out = _Outcome()
+            error = ""
             try:
-                response = _json(200, await handler())
+                response = _json(200, await handler(out))
             except _Answer as answer:
+                error = answer.error
                 response = _json(answer.status, {"ok": False, "error": answer.error}, answer.headers)
             except msgspec.ValidationError as exc:
                 response = _json(400, {"ok": False, "error": str(exc)})
@@ -247,6 +284,7 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
                 response = _json(503, {"ok": False, "error": "internal error"}, {"Retry-After": "5"})
             metrics.deliveries.labels(source, str(response.status_code)).inc()
             metrics.ack.labels(source).observe(time.perf_counter() - start)
+            received(source, response.status_code, error, out)
             return response
 
         endpoint.__name__ = f"webhook_{source}"
@@ -268,6 +306,14 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics_view() -> Response:
+        if deps.before_metrics is not None:
+            try:
+                with trio.move_on_after(METRICS_REFRESH_TIMEOUT) as scope:
+                    await deps.before_metrics()
+                if scope.cancelled_caught:
+                    log.warning("metrics_refresh_slow", timeout_s=METRICS_REFRESH_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - serve what we have
+                log.warning("metrics_refresh_failed", error=f"{type(exc).__name__}: {exc}")
         return Response(generate_latest(deps.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(msgspec.ValidationError)

@@ -19,6 +19,8 @@ Rules this module keeps:
   refuses Basic when ``is_ssl()`` is false); ``auth="auto"`` picks by scheme.
 - The consumer key and secret never appear in a log line or an exception
   message: errors name the method and path, never the query string.
+- Every 429, retry and item stock write is told to ``hooks``
+  (``io.metrics.ClientHooks``), for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cloverwoo_daemon.core import oauth1
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
 from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
+from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError, StockWrite
 
 __all__ = ["VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
@@ -48,6 +51,10 @@ log = structlog.get_logger(__name__)
 VERSION_META_KEY = "_cloverwoo_version"
 BATCH_LIMIT = 100
 PER_PAGE = 100
+# What list reads keep of each product or variation (see ``_get_all``).
+_CATALOGUE_FIELDS = ("id", "parent_id", "name", "sku", "type", "status", "manage_stock", "stock_quantity",
+                     "attributes")
+_CHANGE_FIELDS = ("id", "parent_id", "type", "status", "stock_quantity", "date_modified_gmt")
 
 Auth = Literal["auto", "basic", "oauth1"]
 
@@ -152,7 +159,9 @@ class WooClient:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
         oauth_method: oauth1.SignatureMethod = "HMAC-SHA256",
+        hooks: ClientHooks | None = None,  # 429s, retries and stock writes, for /metrics
     ) -> None:
+        self.hooks = hooks or ClientHooks()
         root = base_url.rstrip("/")
         self.api_url = root if root.endswith("/wc/v3") else root + "/wp-json/wc/v3"
         if auth == "auto":
@@ -211,6 +220,7 @@ class WooClient:
                     raise RemoteError(f"{method} {path}: {exc.reason} after {attempt} attempts") from None
                 log.info("woo_retry", method=method, path=path, reason=exc.reason, attempt=attempt,
                          delay=round(delay, 3))
+                self.hooks.retried()
                 await trio.sleep(delay)
 
     async def _attempt(
@@ -239,6 +249,7 @@ class WooClient:
             return resp
         code, message = _error_text(resp)
         if status == 429:
+            self.hooks.rate_limited()
             raise _Retryable("429", retry_after=parse_retry_after(resp.headers.get("retry-after")), sent=False)
         if status >= 500:
             raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")),
@@ -257,27 +268,50 @@ class WooClient:
             error = RemoteError if idempotent else WriteOutcomeUnknown
             raise error(f"{method} {path}: {resp.status_code} answer is not JSON") from None
 
-    async def _get_all(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    async def _get_all(
+        self, path: str, params: dict[str, str] | None = None, fields: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
         """Every page of a list (``per_page=100``), following ``X-WP-TotalPages``.
+
+        With ``fields``, only those are asked for (WordPress's ``_fields``) and
+        kept: a product is ~1-10 KB of JSON of which the sync reads a few
+        names, and a 50,000-product catalogue held whole is hundreds of MB.
+        Each page is trimmed as it arrives, so a store (or a plugin) that
+        ignores ``_fields`` costs bandwidth, not memory.
 
         The first page tells how many there are; the rest are fetched
         concurrently (the client's ``max_in_flight`` caps them), since a page
         costs ~250 ms on a real store and a 10,000-product catalogue has 100.
         """
-        first, pages = await self._page(path, params, 1)
+        if fields:
+            params = {**(params or {}), "_fields": ",".join(fields)}
+        first, pages = await self._page(path, params, 1, fields)
         if pages <= 1 or not first:
             return first
         results: dict[int, list[dict[str, Any]]] = {1: first}
 
         async def fetch(page: int) -> None:
-            results[page], _ = await self._page(path, params, page)
+            results[page], _ = await self._page(path, params, page, fields)
 
-        async with trio.open_nursery() as n:
-            for page in range(2, pages + 1):
-                n.start_soon(fetch, page)
+        try:
+            async with trio.open_nursery() as n:
+                for page in range(2, pages + 1):
+                    n.start_soon(fetch, page)
+        except BaseExceptionGroup as group:
+            # strict groups wrap a failed page, past every ``except RemoteError`` (the poller, the jobs):
+            # raised bare when every failure is remote
+            remote, other = group.split(RemoteError)
+            if remote is None or other is not None:
+                raise
+            bare: BaseException = remote
+            while isinstance(bare, BaseExceptionGroup):
+                bare = bare.exceptions[0]
+            raise bare from None
         return [row for page in sorted(results) for row in results[page]]
 
-    async def _page(self, path: str, params: dict[str, str] | None, page: int) -> tuple[list[dict[str, Any]], int]:
+    async def _page(
+        self, path: str, params: dict[str, str] | None, page: int, fields: tuple[str, ...] = ()
+    ) -> tuple[list[dict[str, Any]], int]:
         resp = await self._request("GET", path, params={**(params or {}), "per_page": str(PER_PAGE),
                                                          "page": str(page)})
         try:
@@ -286,6 +320,8 @@ class WooClient:
             chunk = None
         if not isinstance(chunk, list):
             raise RemoteError(f"GET {path}: page {page} is not a JSON list")
+        if fields:
+            chunk = [{k: row[k] for k in fields if k in row} if isinstance(row, dict) else row for row in chunk]
         try:
             pages = int(resp.headers.get("x-wp-totalpages", "1"))
         except ValueError:
@@ -342,6 +378,7 @@ class WooClient:
                     continue
                 except RemoteError as exc:
                     if not applied_any:
+                        self.hooks.wrote(False, len(changes))  # nothing was written
                         raise
                     failure = exc
                     for i in chunk:
@@ -353,8 +390,12 @@ class WooClient:
                     ref = changes[i][0]
                     item = answered[n] if n < len(answered) else None
                     results[i] = self._write_result(ref, item)
-        log.info("woo_deltas_applied", items=len(changes), failed=sum(1 for r in results if r and not r.ok))
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        failed = sum(1 for r in done if not r.ok)
+        self.hooks.wrote(True, len(done) - failed)
+        self.hooks.wrote(False, failed)
+        log.info("woo_deltas_applied", items=len(changes), failed=failed)
+        return done
 
     @staticmethod
     def _write_result(ref: WooRef, item: Any) -> WooWriteResult:
@@ -368,7 +409,7 @@ class WooClient:
         return WooWriteResult(ref, ok=True, quantity=_quantity(item.get("stock_quantity")))
 
     async def list_items(self) -> list[WooItem]:
-        products = await self._get_all("/products", {"orderby": "id", "order": "asc"})
+        products = await self._get_all("/products", {"orderby": "id", "order": "asc"}, _CATALOGUE_FIELDS)
         items: list[WooItem] = []
         names: dict[int, str] = {}
         variable: list[int] = []
@@ -382,7 +423,7 @@ class WooClient:
             items.append(WooItem(ref=WooRef(pid), name=names[pid], sku=p.get("sku") or None, manage_stock=manage,
                                  quantity=_quantity(p.get("stock_quantity")) if manage else None,
                                  status=str(p.get("status", "publish")), type=ptype))
-        for v in await self._variations(variable, {"orderby": "id", "order": "asc"}):
+        for v in await self._variations(variable, {"orderby": "id", "order": "asc"}, _CATALOGUE_FIELDS):
             parent = int(v.get("parent_id") or 0)
             options = [str(a.get("option", "")) for a in v.get("attributes", []) if isinstance(a, dict)]
             base = names.get(parent) or str(v.get("name", ""))
@@ -393,16 +434,18 @@ class WooClient:
                                  status=str(v.get("status", "publish")), type="variation"))
         return items
 
-    async def _variations(self, parents: list[int], params: dict[str, str]) -> list[dict[str, Any]]:
+    async def _variations(
+        self, parents: list[int], params: dict[str, str], fields: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
         """Store-wide ``/variations`` (WooCommerce ≥ 10.3), else one list per variable parent."""
         try:
-            return await self._get_all("/variations", params)
+            return await self._get_all("/variations", params, fields)
         except NotFound:
             log.info("woo_no_store_wide_variations", parents=len(parents))
         out: list[dict[str, Any]] = []
         for pid in parents:
             try:
-                for v in await self._get_all(f"/products/{pid}/variations", params):
+                for v in await self._get_all(f"/products/{pid}/variations", params, fields):
                     v.setdefault("parent_id", pid)
                     out.append(v)
             except NotFound:
@@ -424,7 +467,7 @@ class WooClient:
                   "orderby": "modified", "order": "asc"}
         items: dict[WooRef, str] = {}
         newest = _shift_cursor(modified_after, 0)
-        products = await self._get_all("/products", params)
+        products = await self._get_all("/products", params, _CHANGE_FIELDS)
         variable: list[int] = []
         for p in products:
             modified = str(p.get("date_modified_gmt") or "")
@@ -432,7 +475,7 @@ class WooClient:
             if p.get("type") == "variable":
                 variable.append(int(p["id"]))
             newest = max(newest, modified)
-        for v in await self._variations(variable, params):
+        for v in await self._variations(variable, params, _CHANGE_FIELDS):
             modified = str(v.get("date_modified_gmt") or "")
             items[WooRef(int(v.get("parent_id") or 0), int(v["id"]))] = (
                 f"{modified}|{v.get('status')}|{v.get('stock_quantity')}"

@@ -84,6 +84,10 @@ MAX_LIMIT = 1000
 ITEM_FILTER_FIELDS = ("modifiedTime", "id", "sku", "deleted", "name", "hidden", "itemGroup.id", "itemStock.quantity")
 ORDER_FILTER_FIELDS = ("modifiedTime", "createdTime", "clientCreatedTime", "id", "state")
 GROUP_FILTER_FIELDS = ("modifiedTime", "name", "id")
+_ITEM_FIELD_ATTRS = {  # filter field -> SimItem attribute
+    "modifiedTime": "modified", "id": "id", "sku": "sku", "deleted": "deleted", "name": "name",
+    "hidden": "hidden", "itemGroup.id": "group_id", "itemStock.quantity": "quantity",
+}
 
 _FILTER = re.compile(r"^([A-Za-z][A-Za-z.]*)(>=|<=|!=|=|>|<)(.*)$")
 _ID_ALPHABET = string.ascii_uppercase + string.digits
@@ -425,6 +429,16 @@ class CloverSim:
             return self.merchants[mid]
         except KeyError:
             raise SimError(f"no merchant {mid}") from None
+
+    def item_id_of(self, mid: str, key: str) -> str:
+        """``key`` itself when it is an item id at ``mid``, else the id of the live item with that SKU."""
+        m = self._merchant(mid)
+        if key in m.items:
+            return key
+        for it in m.items.values():
+            if not it.deleted and it.sku is not None and it.sku.lower() == key.lower():
+                return it.id
+        raise SimError(f"no item with id or SKU {key} at merchant {mid}")
 
     def _item(self, mid: str, item_id: str) -> SimItem:
         it = self._merchant(mid).items.get(item_id)
@@ -808,9 +822,12 @@ class CloverSim:
         async def items(m: SimMerchant) -> Response:
             filters = _parse_filters(request.args.getlist("filter"), ITEM_FILTER_FIELDS)
             want_deleted = any(f[0] == "deleted" for f in filters)
-            rows = [it for it in m.items.values()
-                    if (want_deleted or not it.deleted) and all(
-                        _compare(sim._item_field(it, name), op, val) for name, op, val in filters)]
+            if filters:
+                rows = [it for it in m.items.values()
+                        if (want_deleted or not it.deleted) and all(
+                            _compare(sim._item_field(it, name), op, val) for name, op, val in filters)]
+            else:  # the import's list: one cheap pass per page, even over 50,000 items
+                rows = [it for it in m.items.values() if not it.deleted]
             page, _, _ = _page(rows)
             ex = _expands()
             return _json({"elements": [sim._item_json(m, it, ex) for it in page], "href": sim._href()},
@@ -902,10 +919,7 @@ class CloverSim:
 
     @staticmethod
     def _item_field(it: SimItem, name: str) -> Any:
-        return {
-            "modifiedTime": it.modified, "id": it.id, "sku": it.sku, "deleted": it.deleted, "name": it.name,
-            "hidden": it.hidden, "itemGroup.id": it.group_id, "itemStock.quantity": it.quantity,
-        }[name]
+        return getattr(it, _ITEM_FIELD_ATTRS[name])
 
     @staticmethod
     def _order_field(o: SimOrder, name: str) -> Any:
@@ -1038,8 +1052,8 @@ class CloverSim:
             b = await body()
             items = b.get("items")
             if not isinstance(items, dict):
-                raise _BadRequest('body must be {"items": {"<item id>": <units>}}')
-            return {"orderId": sim.pos_sale(mid, {str(k): int(v) for k, v in items.items()})}
+                raise _BadRequest('body must be {"items": {"<item id or SKU>": <units>}}')
+            return {"orderId": sim.pos_sale(mid, {sim.item_id_of(mid, str(k)): int(v) for k, v in items.items()})}
 
         @admin("/merchants/<mid>/orders/<order_id>/refund")
         async def refund(mid: str, order_id: str) -> Any:

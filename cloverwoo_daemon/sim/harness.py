@@ -246,7 +246,11 @@ def serve_simulators(listen: str, *, products: int, locations: int, realistic: b
             print(f"simulated WooCommerce: {woo_url}  ({products} products)")
             print(f"a daemon config for them: {cfg}")
             print(f"  try: cloverwoo run --config {cfg}")
-            print("admin routes: POST /_sim/... on each (see cloverwoo_daemon/sim/); Ctrl-C stops")
+            first = f"SKU-{0:04d}"
+            print("a test sale on each side (admin routes of the simulators; Ctrl-C stops them):")
+            print(f"  curl -s -X POST {clover_url}/_sim/merchants/{next(iter(locs.values()))}/sales"
+                  f" -d '{{\"items\": {{\"{first}\": 1}}}}'")
+            print(f"  curl -s -X POST {woo_url}/_sim/orders -d '{{\"items\": {{\"{first}\": 1}}}}'")
             await trio.sleep_forever()
 
     try:

@@ -317,6 +317,9 @@ class WooSim:
         self.consumer_secret = "cs_" + secrets.token_hex(20)
         self._keys: dict[str, _Key] = {self.consumer_key: _Key(self.consumer_secret, "read_write")}
         self._products: dict[int, _Product] = {}
+        # SKU (lower case) -> ids of the products and variations holding it, trashed ones included: the
+        # uniqueness check and SKU lookups cost one dict probe, not a scan of the catalogue.
+        self._skus: dict[str, set[int]] = {}
         self._orders: dict[int, _Order] = {}
         self._webhooks: dict[int, _Webhook] = {}
         self._settings = _settings_defaults()
@@ -495,7 +498,7 @@ class WooSim:
                 _, p, v = ref.split(":")
                 pid = int(v) or int(p)
             else:
-                found = [p for p in self._products.values() if p.sku and p.sku.lower() == ref.lower()]
+                found = self._with_sku(ref)
                 if not found:
                     raise KeyError(ref)
                 pid = found[0].id
@@ -522,6 +525,7 @@ class WooSim:
         self._apply_plain_fields(p, body)
         self._apply_stock_fields(p, body, before=None)
         self._products[p.id] = p
+        self._index_sku(p)
         self._recompute_status(p)
         self._fire("product", "created", p.id)
         return p
@@ -541,6 +545,7 @@ class WooSim:
         self._apply_plain_fields(v, body)
         self._apply_stock_fields(v, body, before=None)
         self._products[v.id] = v
+        self._index_sku(v)
         parent.variations.append(v.id)
         parent.modified = now
         self._recompute_status(v)
@@ -549,11 +554,39 @@ class WooSim:
         return v
 
     def _check_sku(self, sku: str, own_id: int | None) -> None:
+        """``wc_product_has_unique_sku``: another product or variation not in the trash holds it: 400."""
         if not sku:
             return
-        for p in self._products.values():
-            if p.id != own_id and p.sku.lower() == sku.lower() and p.status != "trash":
+        for p in self._with_sku(sku):
+            if p.id != own_id and p.status != "trash":
                 raise ApiError(400, "product_invalid_sku", "Invalid or duplicated SKU.", resource_id=p.id)
+
+    def _with_sku(self, sku: str) -> list[_Product]:
+        """Every product and variation whose SKU is ``sku`` (case-insensitive), trashed ones too, by id."""
+        key = sku.lower()
+        found = []
+        for pid in sorted(self._skus.get(key, ())):
+            p = self._products.get(pid)
+            if p is not None and p.sku and p.sku.lower() == key:
+                found.append(p)
+        return found
+
+    def _sku_query(self, arg: str) -> list[_Product]:
+        """The candidates of a ``sku=A,B`` list query, by id (``_filter_sort`` still applies its filters)."""
+        found = {p.id: p for s in arg.split(",") if s for p in self._with_sku(s)}
+        return [found[pid] for pid in sorted(found)]
+
+    def _index_sku(self, p: _Product) -> None:
+        if p.sku:
+            self._skus.setdefault(p.sku.lower(), set()).add(p.id)
+
+    def _unindex_sku(self, p: _Product) -> None:
+        key = p.sku.lower()
+        ids = self._skus.get(key)
+        if ids is not None:
+            ids.discard(p.id)
+            if not ids:
+                del self._skus[key]
 
     def _apply_plain_fields(self, p: _Product, body: dict[str, Any]) -> None:
         if "name" in body and p.type != "variation":
@@ -562,7 +595,10 @@ class WooSim:
             p.status = str(body["status"])
         if "sku" in body and str(body["sku"] or "") != p.sku:
             self._check_sku(str(body["sku"] or ""), p.id)
+            self._unindex_sku(p)
             p.sku = str(body["sku"] or "")
+            if p.id in self._products:  # (a product being created is indexed once it is stored)
+                self._index_sku(p)
         if body.get("regular_price"):
             p.price = str(body["regular_price"])
         if "catalog_visibility" in body and p.type != "variation":  # out-of-stock "hide"
@@ -571,6 +607,11 @@ class WooSim:
             p.low_stock_amount = None if body["low_stock_amount"] in (None, "") else _intval(body["low_stock_amount"])
         for m in body.get("meta_data", []) or []:
             if not isinstance(m, dict) or "key" not in m:
+                continue
+            if m.get("value") is None:
+                # update_meta_data(key, null) nulls every entry of the key and save_meta_data() deletes them
+                # (WC_Data); a key that was never there stays absent.
+                p.meta = [e for e in p.meta if e["key"] != m["key"]]
                 continue
             for existing in p.meta:
                 if existing["key"] == m["key"]:
@@ -1026,6 +1067,9 @@ class WooSim:
         chunk = items[(page - 1) * per : page * per]
         if render is not None:
             chunk = [render(x) for x in chunk]
+        fields = _requested_fields(args)
+        if fields is not None:
+            chunk = [{k: v for k, v in row.items() if k in fields} for row in chunk]
         headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
         links = []
         rest = [(k, v) for k, v in args.items(multi=True) if k not in ("page", "consumer_key", "consumer_secret")
@@ -1039,7 +1083,12 @@ class WooSim:
         return _json(chunk, 200, headers)
 
     def _filter_sort(self, items: list[_Product]) -> list[_Product]:
-        """Shared list filters: include, sku, status, modified_after/before, orderby, order."""
+        """Shared list filters: include, sku, status, modified_after/before, orderby, order.
+
+        ``items`` come in id order (every caller's source is: ids only grow and a product is stored
+        once, at creation), so ``orderby=id`` needs no sort: a list of 50,000 products then costs a
+        pass over them per page, not a sort.
+        """
         args = request.args
         if args.get("include"):
             ids = {_intval(x) for x in args["include"].split(",")}
@@ -1068,6 +1117,8 @@ class WooSim:
         order = args.get("order", "desc")
         if order not in ("asc", "desc"):
             raise _invalid_param("order", "order is not one of asc and desc.")
+        if orderby in ("id", "include"):
+            return items if order == "asc" else items[::-1]
         return sorted(items, key=keys[orderby], reverse=order == "desc")
 
     async def _body(self) -> dict[str, Any]:
@@ -1143,11 +1194,14 @@ class WooSim:
     def _delete(self, p: _Product) -> None:
         """A forced delete: gone for good (no product.deleted: that hook is wp_trash_post only)."""
         for vid in p.variations:
-            self._products.pop(vid, None)
+            v = self._products.pop(vid, None)
+            if v is not None:
+                self._unindex_sku(v)
         if p.parent_id in self._products:
             parent = self._products[p.parent_id]
             parent.variations = [v for v in parent.variations if v != p.id]
-        self._products.pop(p.id, None)
+        if self._products.pop(p.id, None) is not None:
+            self._unindex_sku(p)
 
     def _product_for_write(self, pid: int) -> _Product:
         p = self._product(pid)
@@ -1219,9 +1273,10 @@ class WooSim:
             args = request.args
             if args.get("type") == "variation":
                 raise _invalid_param("type", "type is not one of simple, grouped, external, and variable.")
-            items = list(sim._products.values())
-            if "sku" not in args:  # only a sku query covers post type product_variation
-                items = [p for p in items if p.type != "variation"]
+            if "sku" in args:  # only a sku query covers post type product_variation
+                items = sim._sku_query(args["sku"])
+            else:
+                items = [p for p in sim._products.values() if p.type != "variation"]
             if args.get("type"):
                 items = [p for p in items if p.type == args["type"]]
             return sim._paginate(sim._filter_sort(items), "/products", sim._product_json)
@@ -1306,7 +1361,8 @@ class WooSim:
             if not sim.store_wide_variations:
                 return await _no_route(Exception())
             await sim._sleep(sim.latency.list_page)
-            items = [p for p in sim._products.values() if p.type == "variation"]
+            source = sim._sku_query(request.args["sku"]) if "sku" in request.args else sim._products.values()
+            items = [p for p in source if p.type == "variation"]
             return sim._paginate(sim._filter_sort(items), "/variations", sim._variation_json)
 
         # Orders -----------------------------------------------------------
@@ -1444,7 +1500,13 @@ class WooSim:
         @app.route("/_sim/orders", methods=["POST"])
         async def sim_order() -> Response:
             b = await sim._body()
-            return _json({"order_id": sim.online_order(dict(b["items"]))})
+            items = b.get("items")
+            if not isinstance(items, dict) or not items:
+                raise ApiError(400, "sim_bad_order", 'body must be {"items": {"<product id or SKU>": <units>}}')
+            try:
+                return _json({"order_id": sim.online_order({_ref_arg(str(k)): int(v) for k, v in items.items()})})
+            except KeyError as exc:
+                raise ApiError(404, "sim_unknown_product", f"no product with id or SKU {exc.args[0]!r}") from None
 
         @app.route("/_sim/orders/<int:oid>/refund", methods=["POST"])
         async def sim_refund(oid: int) -> Response:
@@ -1484,6 +1546,17 @@ class WooSim:
             })
 
         return app
+
+
+def _requested_fields(args: Any) -> set[str] | None:
+    """WordPress's global ``_fields`` parameter (core since 4.9.8): a comma list or ``_fields[]=`` repeated.
+
+    Only the top-level name of a nested ``a.b`` counts here (WordPress 5.3 also trims inside ``a``).
+    """
+    raw = [*args.getlist("_fields"), *args.getlist("_fields[]")]
+    if not raw:
+        return None
+    return {part.strip().split(".", 1)[0] for value in raw for part in value.split(",") if part.strip()}
 
 
 def _ref_arg(text: str) -> WooRef | int | str:

@@ -8,6 +8,7 @@ The moments (each trial picks the next, in turn, while a burst of sales runs on 
 - ``merge``: a merge's fresh WooCommerce read is parked (a merge in progress, nothing written yet).
 - ``between``: a merge that must write both sides (a POS sale and an online sale of one product, both seen by
   one merge); WooCommerce's write has landed and the Clover write is parked: killed between the two writes.
+  Armed once X is converged and quiet, so the parked reads are this merge's, not a replayed one's.
 - ``batch``: a WooCommerce ``/batch`` carrying several merges' deltas is parked.
 - ``initial``: a fresh daemon's initial sync, its WooCommerce catalogue read parked (test 2).
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import trio
 
+from cloverwoo_daemon.sim.harness import SimProduct
 from tests.chaos.faultproxy import FaultProxy
 from tests.chaos.rig import SCALE, Rig, start_rig
 from tests.e2e.conftest import wait_for
@@ -38,6 +40,7 @@ SEED = 20_261_201
 MOMENTS = ("ack", "merge", "between", "batch")
 TRIALS = len(MOMENTS) * SCALE
 _WOO_GET_ONE = re.compile(r"/wp-json/wc/v3/products/(\d+)$")
+_rearmed = [0]  # ``between`` arms that caught a merge of X already under way and were made again
 
 
 async def _wait_held(proxy: FaultProxy, what: str, timeout: float = 30.0) -> None:
@@ -62,7 +65,11 @@ def _release(rig: Rig, rng: random.Random) -> str:
 
 async def _arm_ack(rig: Rig, rng: random.Random) -> None:
     rig.hooks.knobs.hold_reply = lambda m, p: m == "POST" and p.startswith("/webhooks/")
-    rig.random_sale(rng)
+    prods = rig.world.products[:6]  # not X: a register sale of X could race the daemon's Clover write of it
+    if rng.random() < 0.5:
+        rig.pos_sale(rng.choice(prods[0::2]), rng.randint(1, 2))
+    else:
+        rig.web_sale(rng.choice(prods[1::2]), rng.randint(1, 2))
     await _wait_held(rig.hooks, "a webhook's 200 parked at the proxy")
 
 
@@ -72,20 +79,58 @@ async def _arm_merge(rig: Rig, rng: random.Random) -> None:
     await _wait_held(rig.woo, "a merge's WooCommerce read parked")
 
 
+async def _x_quiet(rig: Rig, x: SimProduct, woo_path: str, clover_path: str) -> None:
+    """X converged, no write intent for it, and no request about it at either store for a second: no merge of
+    X is under way that a hold of X's reads could catch halfway (its Woo read passed, its Clover read parked)."""
+    bid = f"woo:{x.woo.product_id}:{x.woo.variation_id}"
+
+    def quiet() -> bool:
+        now = trio.current_time()
+        for proxy, path in ((rig.woo, woo_path), (rig.clover, clover_path)):
+            if any(t > now - 1.0 and p.endswith(path) for t, _, p in proxy.arrivals[-300:]):
+                return False
+        return (rig.world.clover_stock(x) == rig.world.woo_stock(x) == rig.expected(x)
+                and not read_state(rig.state, f"SELECT 1 FROM intents WHERE binding_id = '{bid}'"))
+
+    await wait_for(quiet, timeout=60, what="X converged and quiet before arming")
+
+
 async def _arm_between(rig: Rig, rng: random.Random) -> None:
     x = rig.world.products[-1]  # never sold by the burst: no register sale can race its Clover write
     item = next(iter(x.clover.values()))
     pid = str(x.woo.product_id)
-    reads = lambda m, p: m == "GET" and (p.endswith(f"/products/{pid}") or p.endswith(f"/item_stocks/{item}"))  # noqa: E731
-    rig.woo.knobs.hold = reads
-    rig.clover.knobs.hold = reads
-    rig.pos_sale(x, rng.randint(1, 2))
-    await _wait_held(rig.woo, "the merge's WooCommerce read of X parked")
-    await wait_for(lambda: bool(rig.clover.pending_holds()), timeout=30, what="the merge's Clover read of X parked")
+    woo_path, clover_path = f"/products/{pid}", f"/item_stocks/{item}"
+    reads = lambda m, p: m == "GET" and (p.endswith(woo_path) or p.endswith(clover_path))  # noqa: E731
+    for _attempt in range(5):
+        await _x_quiet(rig, x, woo_path, clover_path)
+        rig.woo.knobs.hold = reads
+        rig.clover.knobs.hold = reads
+        rig.pos_sale(x, rng.randint(1, 2))
+        # Both reads of one merge are sent together. One side parked alone for a second belongs to a merge that
+        # began before the holds (a replayed event); let it finish and arm again.
+        lone_since: float | None = None
+        with trio.move_on_after(30) as waiting:
+            while not (rig.woo.pending_holds() and rig.clover.pending_holds()):
+                if bool(rig.woo.pending_holds()) != bool(rig.clover.pending_holds()):
+                    lone_since = lone_since if lone_since is not None else trio.current_time()
+                    if trio.current_time() - lone_since > 1.0:
+                        break
+                else:
+                    lone_since = None
+                await trio.sleep(0.02)
+        if waiting.cancelled_caught:
+            raise AssertionError("timed out after 30s waiting for the merge's reads of X parked")
+        if rig.woo.pending_holds() and rig.clover.pending_holds():
+            break
+        rig.woo.knobs.hold = rig.clover.knobs.hold = None
+        rig.woo.release_all(), rig.clover.release_all()
+        _rearmed[0] += 1
+    else:
+        raise AssertionError("five arming attempts each caught a merge of X already under way")
     rig.web_sale(x, rng.randint(1, 2))  # the merge will now see a change on each side
     writes_before = len(rig.world.woo.stock_writes_for(x.woo))
     rig.woo.knobs.hold = None
-    rig.clover.knobs.hold = lambda m, p: m == "POST" and p.endswith(f"/item_stocks/{item}")
+    rig.clover.knobs.hold = lambda m, p: m == "POST" and p.endswith(clover_path)
     for proxy in (rig.woo, rig.clover):
         for h in proxy.pending_holds():
             h.release(True)
@@ -115,7 +160,12 @@ async def test_sigkill_at_each_named_moment_loses_and_doubles_nothing(tmp_path: 
                 shoppers.start_soon(_burst, rig, burst_rng, stop)
                 for trial in range(TRIALS):
                     moment = MOMENTS[trial % len(MOMENTS)]
-                    await ARM[moment](rig, rng)
+                    try:
+                        await ARM[moment](rig, rng)
+                    except AssertionError as exc:
+                        (rig.world.dir / "daemon.log").write_text(rig.daemon.output_text())
+                        raise AssertionError(f"trial {trial + 1} [{moment}]: {exc}; after\n" + "\n".join(lines[-8:])
+                                             + f"\n{rig.table()}\n{rig.daemon.tail()}") from None
                     code = await rig.daemon.kill()
                     at_kill = (pending_inbox(rig.state), pending_intents(rig.state))
                     _disarm(rig)
@@ -137,7 +187,7 @@ async def test_sigkill_at_each_named_moment_loses_and_doubles_nothing(tmp_path: 
             print("\n" + "\n".join(f"[crash-moments] {ln}" for ln in lines))
             print(f"[crash-moments] {TRIALS} kills, {rig.sales} sales, lost 0, doubled 0 (both sides = initial - "
                   f"sales for all {len(rig.world.products)} products); inbox replays {replayed}; "
-                  f"open conflicts {conflicts}")
+                  f"open conflicts {conflicts}; 'between' re-armed {_rearmed[0]} time(s)")
             assert conflicts == []
         finally:
             rig.woo.release_all(), rig.clover.release_all(), rig.hooks.release_all()
@@ -215,7 +265,8 @@ async def test_clover_write_landed_but_its_target_never_committed_is_not_applied
     """The one crash state a proxy cannot time: the target of a read-then-write is committed *concurrently* with
     the Clover POST (io/clover.py ``read_then_write``), so a kill can leave a landed write with no recorded
     target. The state is made exactly: the POST is parked, the daemon killed, the target removed from the
-    stored intent (as if the kill beat that commit), then the POST is forwarded (it lands) or dropped."""
+    stored intent (as if the kill beat that commit), then the POST is forwarded (it lands) or dropped; one of
+    each per ``CLOVERWOO_CHAOS_SCALE``."""
     import sqlite3
 
     import msgspec
@@ -223,12 +274,12 @@ async def test_clover_write_landed_but_its_target_never_committed_is_not_applied
     from cloverwoo_daemon.core.merge import WriteIntent
 
     async with trio.open_nursery() as nursery:
-        rig = await start_rig(nursery, tmp_path, seed=SEED + 11, products=2, stock=50, timeout="3s")
+        rig = await start_rig(nursery, tmp_path, seed=SEED + 11, products=2, stock=50 * SCALE, timeout="3s")
         try:
             outcomes = []
             p = rig.world.products[1]  # sold online only: the daemon writes its Clover item
             item = next(iter(p.clover.values()))
-            for forward in (True, False):
+            for forward in (True, False) * SCALE:
                 rig.clover.knobs.hold = lambda m, path: m == "POST" and path.endswith(f"/item_stocks/{item}")
                 rig.web_sale(p, 2)
                 await _wait_held(rig.clover, "the Clover write parked")
@@ -255,7 +306,11 @@ async def test_clover_write_landed_but_its_target_never_committed_is_not_applied
                                 f"woo {rig.world.woo_stock(p)}, expected {rig.expected(p)}")
             assert await rig.daemon.terminate() == 0
             conflicts = read_state(rig.state, "SELECT kind, detail FROM conflicts WHERE resolved_at IS NULL")
-            print("\n[crash-target-unknown] " + "; ".join(outcomes) + f"; open conflicts {conflicts}")
+            shown = outcomes
+            if len(outcomes) > 4:
+                shown = outcomes[:2] + [f"... {len(outcomes) - 4} more ..."] + outcomes[-2:]
+            print(f"\n[crash-target-unknown] {len(outcomes)} recoveries: " + "; ".join(shown)
+                  + f"; open conflicts {conflicts}")
             assert conflicts == []
         finally:
             rig.clover.release_all()

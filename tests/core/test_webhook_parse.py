@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import msgspec
 import pytest
@@ -23,6 +24,8 @@ from cloverwoo_daemon.core.webhook_parse import (
     parse_woo,
 )
 from cloverwoo_daemon.messages import CloverChange, WooChange
+
+FUZZ_SCALE = max(1, int(os.environ.get("CLOVERWOO_FUZZ_SCALE", "1")))  # multiplies the fuzz examples
 
 CLOVER_SAMPLE = {
     "appId": "DRKVJT2ZRRRSC",
@@ -291,13 +294,171 @@ def _only_malformed(body: bytes, topic: str | None) -> None:
         pass
 
 
-@settings(max_examples=300)
+@settings(max_examples=300 * FUZZ_SCALE)
 @given(st.binary(max_size=300), topics)
 def test_fuzz_random_bytes(body: bytes, topic: str | None) -> None:
     _only_malformed(body, topic)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300 * FUZZ_SCALE)
 @given(json_values | shaped, topics)
 def test_fuzz_random_json(value: object, topic: str | None) -> None:
     _only_malformed(msgspec.json.encode(value), topic)
+
+
+# ---------------------------------------------------------------- hostile input, by kind (hypothesis)
+# ``CLOVERWOO_FUZZ_SCALE`` multiplies the examples (a long run); ``make test`` uses the numbers below.
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+
+
+@st.composite
+def nested(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A JSON text and its true nesting depth: lists and objects mixed, strings full of brackets and escapes."""
+    depth = draw(st.integers(0, 3 * MAX_DEPTH))
+    noise = st.text(alphabet='[]{}"\\:,ab\u00e9\U0001f455', max_size=6)
+    body = json.dumps(draw(noise))
+    for _ in range(depth):
+        key = json.dumps(draw(noise))
+        body = f"{{{key}: {body}}}" if draw(st.booleans()) else f"[{body}, {json.dumps(draw(noise))}]"
+    return body.encode(), depth
+
+
+@settings(max_examples=300 * FUZZ_SCALE, deadline=None)
+@given(nested())
+def test_fuzz_depth_limit_is_exact(case: tuple[bytes, int]) -> None:
+    """The structural scan refuses exactly the bodies nested deeper than MAX_DEPTH, brackets in strings aside."""
+    body, depth = case
+    if depth > MAX_DEPTH:
+        with pytest.raises(MalformedPayload, match="deeper"):
+            check_depth(body)
+    else:
+        check_depth(body)
+    _only_malformed(body, "product.updated")
+
+
+CLOVER_TEMPLATE = {"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 5}]}}
+WOO_PRODUCT = {"id": 734, "type": "variation", "parent_id": 733, "date_modified_gmt": "2025-01-10T14:03:22",
+               "stock_quantity": 7}
+WOO_ORDER = {"id": 901, "date_modified_gmt": "2025-01-10T14:03:22",
+             "line_items": [{"product_id": 733, "variation_id": 734}]}
+# (template, topic, path to a known field, what the field accepts)
+_int = lambda lo, hi: lambda v: type(v) is int and lo <= v <= hi  # noqa: E731
+KNOWN_FIELDS = [
+    (CLOVER_TEMPLATE, None, ("appId",), lambda v: isinstance(v, str)),
+    (CLOVER_TEMPLATE, None, ("merchants",), lambda v: isinstance(v, dict) and not v),
+    (CLOVER_TEMPLATE, None, ("merchants", "M"), lambda v: v == []),
+    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "objectId"),
+     lambda v: isinstance(v, str) and 1 <= len(v) <= 256 and all(v.partition(":")[::2]) and ":" in v),
+    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "type"), lambda v: isinstance(v, str) and 1 <= len(v) <= 256),
+    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "ts"), _int(0, 2**53)),
+    (WOO_PRODUCT, "product.updated", ("id",), _int(1, 2**63 - 1)),
+    (WOO_PRODUCT, "product.updated", ("parent_id",), _int(0, 2**63 - 1)),
+    (WOO_PRODUCT, "product.updated", ("type",), lambda v: isinstance(v, str)),
+    (WOO_PRODUCT, "product.updated", ("date_modified_gmt",),
+     lambda v: v is None or isinstance(v, str) and len(v) <= 64),
+    (WOO_PRODUCT, "product.updated", ("stock_quantity",), lambda v: v is None or type(v) is int),
+    (WOO_ORDER, "order.created", ("id",), _int(1, 2**63 - 1)),
+    (WOO_ORDER, "order.created", ("line_items",), lambda v: v == []),
+    (WOO_ORDER, "order.created", ("line_items", 0, "product_id"), _int(0, 2**63 - 1)),
+    (WOO_ORDER, "order.created", ("line_items", 0, "variation_id"), _int(0, 2**63 - 1)),
+]
+
+
+def _replaced(template: object, path: tuple[object, ...], value: object) -> object:
+    doc = json.loads(json.dumps(template))
+    target = doc
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return doc
+
+
+@settings(max_examples=500 * FUZZ_SCALE, deadline=None)
+@given(st.sampled_from(range(len(KNOWN_FIELDS))),
+       _SCALARS | st.integers(-(2**70), 2**70) | st.lists(_SCALARS, max_size=3)
+       | st.dictionaries(st.text(max_size=5), _SCALARS, max_size=3))
+def test_fuzz_wrong_types_in_known_fields_are_refused(which: int, value: object) -> None:
+    """Each field the parser uses, set to any JSON value: accepted exactly when the value has the field's type and
+    range; otherwise the whole body is refused (MalformedPayload), never half-used and never a crash."""
+    template, topic, path, accepts = KNOWN_FIELDS[which]
+    try:
+        body = json.dumps(_replaced(template, path, value), allow_nan=True).encode()
+    except ValueError:
+        return
+    parse = (lambda: parse_clover(body)) if topic is None else (lambda: parse_woo(body, topic))
+    if accepts(value):
+        parsed = parse()
+        assert isinstance(parsed, CloverDelivery | WooDelivery)
+    else:
+        with pytest.raises(MalformedPayload):
+            parse()
+
+
+@settings(max_examples=300 * FUZZ_SCALE, deadline=None)
+@given(st.text(min_size=1, max_size=40), st.text(max_size=40), st.integers(0, 10**6), st.booleans())
+def test_fuzz_unicode_skus_and_names_parse_and_replays_keep_their_key(sku: str, name: str, stock: int,
+                                                                       ascii_only: bool) -> None:
+    """A product delivery with any unicode SKU and name (escaped or raw UTF-8, as PHP's json_encode may send) is
+    accepted; the fields the sync ignores do not change its dedup key, so a replay is stored once; a Clover
+    object id in any script keeps its text through the key."""
+    product = WOO_PRODUCT | {"sku": sku, "name": name, "stock_quantity": stock}
+    first = parse_woo(json.dumps(product, ensure_ascii=ascii_only).encode(), "product.updated")
+    again = parse_woo(json.dumps(product | {"name": name + "!", "sku": sku[::-1]}, ensure_ascii=not ascii_only)
+                      .encode(), "product.updated")
+    assert isinstance(first, WooDelivery) and isinstance(again, WooDelivery)
+    assert first.key == again.key and first.change == again.change
+    oid = f"I:{sku}"
+    if len(oid) <= 256 and name:
+        body = {"appId": "A", "merchants": {name[:256]: [{"objectId": oid, "type": "UPDATE", "ts": stock}]}}
+        parsed = parse_clover(json.dumps(body, ensure_ascii=ascii_only).encode())
+        assert isinstance(parsed, CloverDelivery)
+        (key, change), = parsed.items
+        assert json.loads(key) == ["clover", name[:256], oid, "UPDATE", stock]
+        assert change.object_id == sku and change.merchant_id == name[:256]
+        replay = parse_clover(json.dumps(body, ensure_ascii=not ascii_only).encode())
+        assert isinstance(replay, CloverDelivery) and replay.items[0][0] == key
+
+
+@settings(max_examples=100 * FUZZ_SCALE, deadline=None)
+@given(st.integers(1, 3000), st.sampled_from(["updates", "digits", "string", "keys"]))
+def test_fuzz_huge_bodies_stay_bounded(n: int, kind: str) -> None:
+    """Big but shallow JSON: thousands of updates, a number of thousands of digits, a long string, many keys.
+    Parsing returns or refuses; it never raises anything else (msgspec refuses an integer over 4300 digits)."""
+    if kind == "updates":
+        body = json.dumps({"appId": "A", "merchants": {"M": [{"objectId": f"I:{i}", "type": "UPDATE", "ts": i}
+                                                             for i in range(n)]}}).encode()
+        parsed = parse_clover(body)
+        assert isinstance(parsed, CloverDelivery) and len(parsed.items) == n
+        return
+    if kind == "digits":
+        body = b'{"id": 5, "stock_quantity": 1' + b"0" * (n * 2) + b"}"
+    elif kind == "string":
+        body = b'{"id": 5, "date_modified_gmt": "' + b"x" * (n * 30) + b'"}'
+    else:
+        body = json.dumps({f"k{i}": i for i in range(n)} | {"id": 5}).encode()
+    _only_malformed(body, "product.updated")
+
+
+@pytest.mark.parametrize("body", [b'{"\xc3(appId": "", "merchants": {}}', b'{"verificationCode": "\xff"}',
+                                  b'{"appId": "\xff", "merchants": {}}', b'{"id": 1, "date_modified_gmt": "\xff"}',
+                                  b'{"id": 1, "type": "\xed\xa0\x80"}'])
+def test_invalid_utf8_is_malformed(body: bytes) -> None:
+    """Found by the HTTP fuzz: msgspec raises UnicodeDecodeError (not DecodeError) for a string that is not UTF-8.
+    It escaped both parsers; the server answered 503 and logged a traceback, even for an unauthenticated body
+    (the handshake check parses it)."""
+    _only_malformed(body, "product.updated")
+    _only_malformed(body, "order.updated")
+    with pytest.raises(MalformedPayload):
+        parse_clover(body)
+
+
+@settings(max_examples=300 * FUZZ_SCALE, deadline=None)
+@given(st.sampled_from([CLOVER_TEMPLATE, WOO_PRODUCT, WOO_ORDER, {"verificationCode": "abc"}]), st.data())
+def test_fuzz_bytes_spliced_into_valid_bodies(doc: dict[str, object], data: st.DataObject) -> None:
+    """A valid body with bytes spliced in anywhere (invalid UTF-8, lone surrogates, BOMs, NULs, brackets)."""
+    body = json.dumps(doc).encode()
+    at = data.draw(st.integers(0, len(body)))
+    junk = data.draw(st.binary(min_size=1, max_size=4) | st.sampled_from(
+        [b"\xff", b"\xc3(", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\x00", b"[", b"}", b'"', b"\\"]))
+    _only_malformed(body[:at] + junk + body[at:], data.draw(topics))

@@ -24,11 +24,12 @@ from typing import Any
 import trio
 
 from cloverwoo_daemon.sim.harness import SimProduct, World, start_world
+from tests.chaos.rig import SCALE
 from tests.e2e.conftest import wait_for
 from tests.e2e.daemon_proc import DaemonProc, free_port, pending_inbox, pending_intents, read_state
 
 SEED = 20261126
-TRIALS = 5
+TRIALS = 5 * SCALE  # CLOVERWOO_CHAOS_SCALE (make chaos) multiplies the random kills
 
 
 async def _start(nursery: trio.Nursery, tmp_path: Path, **world_kw: Any) -> tuple[World, DaemonProc]:
@@ -129,7 +130,7 @@ class _Burst:
 
 async def test_random_sigkills_during_a_burst_neither_lose_nor_double_a_sale(tmp_path: Path) -> None:
     rng = random.Random(SEED)
-    stock = 1000
+    stock = 1000 * SCALE  # about 70 sales of 1.5 units a trial, over three products a side
     async with trio.open_nursery() as nursery:
         world, daemon = await _start(nursery, tmp_path, products=6, locations=2, stock=stock // 2)
         state = world.cfg.state.path

@@ -6,7 +6,10 @@ requests each simulated merchant received (single mode must call no other).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import statistics
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +20,9 @@ import trio
 
 from cloverwoo_daemon.app import Running, run_daemon
 from cloverwoo_daemon.core import routing
-from cloverwoo_daemon.messages import ModeRequest
+from cloverwoo_daemon.io.clover_oauth import CloverOAuth, connect
+from cloverwoo_daemon.io.store import Store
+from cloverwoo_daemon.messages import DashboardRequest, ExportCsvRequest, ModeRequest, ThresholdRequest
 from cloverwoo_daemon.sim.harness import SimProduct, World, start_world
 from tests.e2e.conftest import Env, settle, wait_for
 
@@ -26,10 +31,11 @@ LOCS = ("downtown", "airport", "harbour")
 
 @asynccontextmanager
 async def three_stores(tmp_path: Path, *, deduct: str | list[str] = "primary", mode: str = "aggregate",
-                       products: int = 2) -> AsyncIterator[Env]:
+                       products: int = 2, **world_kw: Any) -> AsyncIterator[Env]:
     """Like ``env_factory``, with a ``deduct`` list (the harness writes strings only)."""
     async with trio.open_nursery() as nursery:
-        world = await start_world(nursery, tmp_path / "world", products=products, locations=3, mode=mode)
+        world = await start_world(nursery, tmp_path / "world", products=products, locations=3, mode=mode,
+                                  **world_kw)
         if not isinstance(deduct, str):
             text = world.config_path.read_text().replace('deduct = "primary"', f"deduct = {json.dumps(deduct)}")
             world.config_path.write_text(text)
@@ -73,6 +79,11 @@ def location_meta(w: World, p: SimProduct) -> dict[str, int] | None:
         if m["key"] == "_cloverwoo_location_stock":
             return dict(json.loads(m["value"]))
     return None
+
+
+def has_location_meta(w: World, p: SimProduct) -> bool:
+    """The key is on the product at all (whatever its value: an emptied one would still show)."""
+    return any(m["key"] == "_cloverwoo_location_stock" for m in w.woo.product(p.woo).get("meta_data", []))
 
 
 async def switch(env: Env, mode: str) -> dict[str, Any]:
@@ -177,10 +188,92 @@ async def test_per_location_meta_follows_each_store(tmp_path: Path) -> None:
                        what="meta follows both sales")
         await settle(env)
         assert w.woo_stock(p) == 55 and location_meta(w, q) == {"airport": 20, "downtown": 20, "harbour": 20}
+        # `cloverwoo dashboard` (p made "low" by a threshold above its stock) and the CSV export: per location
+        assert (await env.daemon.admin.handle(ThresholdRequest(sku=p.sku, threshold=100))).ok  # type: ignore[union-attr]
+        board = await env.daemon.admin.handle(DashboardRequest())
+        rows = {r["sku"]: r for r in board.data["products"]}  # type: ignore[union-attr]
+        assert rows[p.sku]["locations"] == {"airport": 20, "downtown": 18, "harbour": 17}
+        assert rows[p.sku]["stock"] == 55
+        export = await env.daemon.admin.handle(ExportCsvRequest())
+        lines = [r for r in csv.DictReader(io.StringIO(export.data["csv"])) if r["sku"] == p.sku]  # type: ignore[union-attr]
+        assert {r["location"]: int(r["clover_stock"]) for r in lines} == {"airport": 20, "downtown": 18,
+                                                                         "harbour": 17}
+        assert {r["woo_stock"] for r in lines} == {"55"}
         saves = w.woo.product(p.woo)["date_modified_gmt"]
         await trio.sleep(2.0)  # polls and echoes: an unchanged figure must not be written again
         await settle(env)
         assert w.woo.product(p.woo)["date_modified_gmt"] == saves
+
+
+async def test_leaving_per_location_mode_removes_the_meta_for_good(tmp_path: Path) -> None:
+    async with three_stores(tmp_path, mode="per-location", products=1, variable_products=1) as env:
+        w = env.world
+        p, v = w.products[0], w.products[1]  # a simple product and a variation (Tee 0, size S)
+        assert v.woo.variation_id
+        await wait_for(lambda: location_meta(w, p) is not None and location_meta(w, v) is not None,
+                       what="meta on the product and the variation")
+        assert location_meta(w, v) == {"airport": 20, "downtown": 20, "harbour": 20}
+        result = await switch(env, "aggregate")
+        assert result["state"] == "done" and result["report"].get("location_meta") == "removed", result
+        assert not has_location_meta(w, p) and not has_location_meta(w, v)
+        # stays gone through merges that write Woo (the store sale) and Clover (the order), polls and echoes
+        w.clover.pos_sale(w.locations["harbour"], {p.clover["harbour"]: 3, v.clover["harbour"]: 1})
+        w.woo.online_order({p.woo: 2, v.woo: 1})
+        await wait_for(lambda: w.woo_stock(p) == 55 and w.woo_stock(v) == 58, what="sales on woo")
+        await wait_for(lambda: stock(w, p, "downtown") == 18 and stock(w, v, "downtown") == 19,
+                       what="online order at the primary")
+        await trio.sleep(2.0)  # several poll intervals
+        await settle(env)
+        assert not has_location_meta(w, p) and not has_location_meta(w, v)
+        assert all(not has_location_meta(w, x) for x in w.products)
+        # back to per-location: written again, with the current figures
+        await switch(env, "per-location")
+        await settle(env)
+        assert location_meta(w, p) == {"airport": 20, "downtown": 18, "harbour": 17}
+        assert location_meta(w, v) == {"airport": 20, "downtown": 19, "harbour": 19}
+
+
+# ---------------------------------------------------------------- OAuth locations
+
+
+async def test_an_oauth_location_idle_in_single_mode_syncs_once_switched_to_aggregate(tmp_path: Path) -> None:
+    """Every OAuth location gets a token provider and a client, active or not: a switch can need it."""
+    async with trio.open_nursery() as nursery:
+        world = await start_world(nursery, tmp_path / "world", products=1, locations=3, mode="single")
+        (p,) = world.products
+        mid = world.locations["airport"]
+        # airport: OAuth instead of a static token, connected as `cloverwoo clover connect` would
+        text = re.sub(r'token_file = "[^"]*airport_token"', f'oauth = true\nclient_id = "{world.clover.app_id}"',
+                      world.config_path.read_text())
+        world.config_path.write_text(text)
+        assert world.cfg.clover.locations[1].oauth
+        async with trio.open_nursery() as n:
+            store = Store(world.cfg.state.path)
+            await n.start(store.run)
+            oauth = CloverOAuth(base_url=world.clover.base_url or "", client_id=world.clover.app_id,
+                                client_secret=world.clover.oauth.settings.client_secret)
+            try:
+                await connect(oauth, store, location="airport", merchant_id=mid,
+                              code=world.clover.oauth.code_for(mid))
+            finally:
+                await oauth.aclose()
+                n.cancel_scope.cancel()
+        env = await _start_daemon(nursery, world)
+        try:
+            await wait_for(lambda: world.woo_stock(p) == 20, what="woo shows the primary's stock only")
+            assert calls_to(world, "airport") == 0
+            result = await switch(env, "aggregate")
+            assert result["state"] == "done", result
+            await wait_for(lambda: world.woo_stock(p) == 60, what="woo shows the sum of the three")
+            world.clover.pos_sale(mid, {p.clover["airport"]: 2})
+            await wait_for(lambda: world.woo_stock(p) == 58, what="a sale at the OAuth location on woo")
+            await settle(env)
+            assert calls_to(world, "airport") > 0
+            assert env.daemon.admin.status()["locations"]["airport"]["active"]
+        finally:
+            env.daemon.stop()
+            await env.daemon.stopped.wait()
+            nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- switching
@@ -208,28 +301,31 @@ async def test_switching_modes_in_the_middle_of_sales_loses_nothing(tmp_path: Pa
             assert result["kind"] == "mode" and result["state"] == "done", result
             await settle(env)
             assert env.daemon.admin.status()["mode"] == mode
+            assert has_location_meta(w, p) == (mode == "per-location")  # written by it, removed on leaving
         await settle(env)
         await wait_for(lambda: all(w.woo_stock(x) == w.clover_stock(x) for x in (p, q)), what="in sync")
         # every online order left Clover, every store sale is still in Clover, Woo shows the sum
         assert sum(stock(w, p, loc) + stock(w, q, loc) for loc in LOCS) == 120 - sold
         assert w.woo_stock(p) == sum(stock(w, p, loc) for loc in LOCS)
-        assert location_meta(w, p) is not None  # the per-location stint wrote it
+        assert not has_location_meta(w, p) and not has_location_meta(w, q)
 
 
 async def test_config_mode_change_at_restart_recounts(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        world = await start_world(nursery, tmp_path / "world", products=1, locations=3)
+        world = await start_world(nursery, tmp_path / "world", products=1, locations=3, mode="per-location")
         env = await _start_daemon(nursery, world)
         (p,) = world.products
+        await wait_for(lambda: has_location_meta(world, p), what="per-location meta")
         assert world.woo_stock(p) == 60
         env.daemon.stop()
         await env.daemon.stopped.wait()
-        text = world.config_path.read_text().replace('mode = "aggregate"', 'mode = "single"')
+        text = world.config_path.read_text().replace('mode = "per-location"', 'mode = "single"')
         world.config_path.write_text(text)
         env = await _start_daemon(nursery, world)
         await wait_for(lambda: "mode" in env.daemon.admin.jobs.last, what="mode recount at start")
         await settle(env)
         assert world.woo_stock(p) == 20 and env.daemon.admin.status()["mode"] == "single"
+        assert not has_location_meta(world, p)  # left per-location mode by the config: its meta went too
         env.daemon.stop()
         await env.daemon.stopped.wait()
         nursery.cancel_scope.cancel()
@@ -266,9 +362,14 @@ async def test_one_location_down_does_not_slow_the_others(tmp_path: Path) -> Non
         print(f"\npropagation at healthy locations: all up median {statistics.median(all_up) * 1000:.0f} ms "
               f"(max {max(all_up) * 1000:.0f}); one down median {statistics.median(one_down) * 1000:.0f} ms "
               f"(max {max(one_down) * 1000:.0f})")
+        # a loose bound (the 20 % figure, under steady load, is benchmarks/bench_locations.py's): waiting on the
+        # store that is down, even for one retry of its 503s, would add half a second or more to every sale
+        assert statistics.median(one_down) <= 2 * statistics.median(all_up) + 0.2
         assert w.woo_stock(p) == 48  # 12 healthy sales landed; harbour's 4 not yet
+        assert env.daemon.admin.status()["stale_bindings"] == 1  # merged without harbour: `cloverwoo status`
         w.clover.down_merchants.clear()
         await wait_for(lambda: w.woo_stock(p) == 44, timeout=20.0, what="harbour's sale caught up")
         await settle(env)
         assert env.daemon.admin.status()["locations"]["harbour"]["reachable"]
+        assert env.daemon.admin.status()["stale_bindings"] == 0
         assert [stock(w, p, loc) for loc in LOCS] == [14, 14, 16]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from cloverwoo_daemon.io.control import control_stream
-from cloverwoo_daemon.messages import ControlRequest, ReconcileRequest, SyncRequest
+from cloverwoo_daemon.io.control import control_call, control_stream
+from cloverwoo_daemon.messages import ControlRequest, ReconcileRequest, StatusRequest, SyncRequest
 from cloverwoo_daemon.sim.harness import start_world
 from cloverwoo_daemon.sim.woocommerce import Latency
 from tests.e2e.conftest import Env, settle, wait_for
@@ -80,6 +81,12 @@ async def test_push_makes_clover_follow_woo(env_factory: Callable[..., Any]) -> 
         assert w.woo_stock(w.products[0]) == 28 and w.clover_stock(w.products[0]) == 28
 
 
+async def _status(env: Env) -> dict[str, Any]:
+    resp = await control_call(env.daemon.control_socket, StatusRequest(), timeout=10.0)
+    assert resp.ok, resp.error
+    return resp.data
+
+
 async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callable[..., Any]) -> None:
     async with env_factory(products=4, poll_every="1h") as env:
         w = env.world
@@ -95,8 +102,11 @@ async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callabl
         assert dry["state"] == "done" and dry["report"]["drifted"] == 3
         assert dry["report"]["drifted_woo_side"] == 2 and dry["report"]["drifted_clover_side"] == 2
         assert writes(env) == before
+        assert (await _status(env))["reconcile"]["last"] is None  # a dry run corrects nothing: not a reconcile
         result, _ = await run_job(env, ReconcileRequest())
         assert result["report"]["drifted"] == 3
+        last = (await _status(env))["reconcile"]["last"]
+        assert last is not None and abs(last - time.time()) < 60
         await settle(env)
         assert (w.woo_stock(a), w.clover_stock(a)) == (17, 17)
         assert (w.woo_stock(b), w.clover_stock(b)) == (18, 18)
@@ -107,14 +117,15 @@ async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callabl
 
 async def test_import_resumes_after_a_kill_mid_job(tmp_path: Path) -> None:
     """SIGKILL while `sync import` is writing; the restarted daemon finishes it and applies nothing twice."""
+    N = 150  # 20 ms per batch item: the kill lands while the batches are being applied
     async with trio.open_nursery() as nursery:
-        world = await start_world(nursery, tmp_path / "world", products=300, listen=f"127.0.0.1:{free_port()}",
+        world = await start_world(nursery, tmp_path / "world", products=N, listen=f"127.0.0.1:{free_port()}",
                                   poll_every="1h")
         daemon = DaemonProc(world.config_path)
         try:
             url = await daemon.start(nursery)
             await world.connect(url)
-            await daemon.wait_status(lambda s: s["bindings"] == 300, what="300 bindings")
+            await daemon.wait_status(lambda s: s["bindings"] == N, what=f"{N} bindings")
             await daemon.wait_idle()
             mid = world.locations["downtown"]
             world.clover.faults.webhooks_enabled = False
@@ -128,18 +139,18 @@ async def test_import_resumes_after_a_kill_mid_job(tmp_path: Path) -> None:
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await daemon.wait_status(lambda s: (s["jobs"]["current"] or {}).get("state") == "applying",
                                      timeout=60, what="the import applying")
-            await wait_for(lambda: 0 < sum(1 for s in world.woo.stock_writes if s.source == "batch") < 300,
+            await wait_for(lambda: 0 < sum(1 for s in world.woo.stock_writes if s.source == "batch") < N,
                            timeout=60, what="the import writing")
             assert await daemon.kill() == -signal.SIGKILL
             with trio.move_on_after(10):
                 await job.wait()
             done_before = sum(1 for s in world.woo.stock_writes if s.source == "batch")
-            assert done_before < 300
+            assert done_before < N
             await daemon.start(nursery)
             status = await daemon.wait_status(
                 lambda s: (s["jobs"]["last"].get("import") or {}).get("state") == "done", timeout=120,
                 what="the resumed import to finish")
-            assert status["jobs"]["last"]["import"]["total"] == 300
+            assert status["jobs"]["last"]["import"]["total"] == N
             await daemon.wait_idle()
             assert {p.sku: world.woo_stock(p) for p in world.products} == want
             assert {p.sku: world.clover_stock(p) for p in world.products} == want
@@ -149,6 +160,9 @@ async def test_import_resumes_after_a_kill_mid_job(tmp_path: Path) -> None:
                     per_product[s.product_id] = per_product.get(s.product_id, 0) + 1
             assert max(per_product.values()) == 1  # no delta sent twice
             assert daemon.events("job_resuming")
+            # the interrupted import's unfinished products differ on purpose: no "webhooks are being lost" alert
+            assert daemon.events("drift_found", run=2)
+            assert not [e for e in daemon.events("alert", run=2) if e.get("kind") == "drift"]
         finally:
             await daemon.aclose()
             nursery.cancel_scope.cancel()

@@ -260,3 +260,32 @@ async def test_secrets_stay_out_of_logs_and_errors(nursery):
                     await woo.get_stock(mug)
         text = repr(logs) + str(info.value)
         assert logs and sim.consumer_secret not in text and sim.consumer_key not in text
+
+
+@pytest.mark.parametrize("store_honours_fields", [True, False])
+async def test_list_reads_ask_for_and_keep_only_the_fields_the_sync_reads(nursery, monkeypatch, store_honours_fields):
+    """``_fields`` keeps a 50,000-product catalogue small; a store that ignores it still costs no memory."""
+    from cloverwoo_daemon.io import woocommerce as woo_io
+    from cloverwoo_daemon.sim import woocommerce as woo_sim
+
+    asked: list[set[str] | None] = []
+    real = woo_sim._requested_fields
+
+    def store_side(args: object) -> set[str] | None:
+        asked.append(real(args))
+        return asked[-1] if store_honours_fields else None
+
+    monkeypatch.setattr(woo_sim, "_requested_fields", store_side)
+    sim = await start(nursery)
+    mug = sim.add_product("Mug", sku="MUG", stock=5)
+    small, _ = sim.add_variable_product("Tee", {"S": 3, "M": 4}, sku="TEE")
+    async with client(sim) as woo:
+        rows = await woo._get_all("/products", {}, woo_io._CATALOGUE_FIELDS)
+        items = {i.ref: i for i in await woo.list_items()}
+        changed, _ = await woo.changed_items(modified_after="2000-01-01T00:00:00")
+    assert set(woo_io._CATALOGUE_FIELDS) in asked and set(woo_io._CHANGE_FIELDS) in asked
+    assert rows and all(set(r) <= set(woo_io._CATALOGUE_FIELDS) for r in rows)
+    assert "description" not in rows[0] and "meta_data" not in rows[0]
+    assert (items[mug].sku, items[mug].quantity, items[mug].status) == ("MUG", 5, "publish")
+    assert (items[small].name, items[small].quantity, items[small].type) == ("Tee - S", 3, "variation")
+    assert changed[small].endswith("|3") and changed[mug].endswith("|5")

@@ -394,6 +394,9 @@ async def test_admin_routes_drive_the_simulation(sim, http, receiver):
     assert sim.stock(A, iid) == 5.0
     await http.post(f"/_sim/merchants/{A}/items/{iid}/stock", json={"quantity": 9})
     assert sim.stock(A, iid) == 9.0
+    await http.post(f"/_sim/merchants/{A}/sales", json={"items": {"cap": 1}})  # by SKU, as `cloverwoo simulate` shows
+    assert sim.stock(A, iid) == 8.0
+    await http.post(f"/_sim/merchants/{A}/items/{iid}/stock", json={"quantity": 9})
     r = await http.post("/_sim/faults", json={"latency": 0.001, "webhook_drop_rate": 0.0})
     assert r.json()["latency"] == 0.001 and sim.faults.latency == 0.001
     assert (await http.post("/_sim/faults", json={"latency": "slow"})).status_code == 400

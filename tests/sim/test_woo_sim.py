@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import time
 from collections.abc import Callable
 from functools import partial
@@ -203,6 +204,150 @@ async def test_paging_headers_and_per_page_limit(nursery):
         assert [p["name"] for p in r.json()] == ["P2", "P3"]
         r = await c.get("/products", params={"per_page": 101})
         assert r.status_code == 400
+
+
+async def test_orderby_id_and_variations_list_in_id_order_both_ways(nursery):
+    sim, c = await start(nursery)
+    refs = [sim.add_product(f"P{i}", sku=f"P{i}") for i in range(4)]
+    tee = sim.add_variable_product("Tee", {"S": 1, "M": 2, "L": 3}, sku="TEE")
+    async with c:
+        await c.delete(f"/products/{refs[1].product_id}", params={"force": "true"})
+        await c.delete(f"/products/{refs[2].product_id}")  # trashed: out of status=any
+        want = [refs[0].product_id, refs[3].product_id, tee[0].product_id]
+        r = await c.get("/products", params={"orderby": "id", "order": "asc"})
+        assert [p["id"] for p in r.json()] == want
+        r = await c.get("/products", params={"orderby": "id"})  # order defaults to desc
+        assert [p["id"] for p in r.json()] == want[::-1]
+        r = await c.get("/products", params={"orderby": "include", "order": "asc", "include": f"{want[2]},{want[0]}"})
+        assert [p["id"] for p in r.json()] == [want[0], want[2]]
+        r = await c.get("/variations", params={"orderby": "id", "order": "desc"})
+        assert [v["id"] for v in r.json()] == [t.variation_id for t in reversed(tee)]
+        r = await c.get(f"/products/{tee[0].product_id}/variations", params={"orderby": "id", "order": "asc"})
+        assert [v["id"] for v in r.json()] == [t.variation_id for t in tee]
+
+
+async def test_duplicate_sku_refused_on_every_write_path(nursery):
+    """The SKU index (one dict probe per check) refuses what the full scan did, and forgets what is gone."""
+    sim, c = await start(nursery)
+    mug = sim.add_product("Mug", sku="MUG", stock=1)
+    cup = sim.add_product("Cup", sku="CUP", stock=1)
+    small, medium = sim.add_variable_product("Tee", {"S": 1, "M": 1}, sku="TEE")
+
+    def refused(body: dict, holder: int) -> None:
+        assert body["code"] == "product_invalid_sku", body
+        assert body["data"] == {"status": 400, "resource_id": holder}
+
+    async with c:
+        r = await c.post("/products", json={"name": "Mug 2", "sku": "mug"})  # case-insensitive
+        assert r.status_code == 400
+        refused(r.json(), mug.product_id)
+        r = await c.post("/products", json={"name": "Tee S", "sku": "TEE-S"})  # a variation's SKU counts
+        refused(r.json(), small.variation_id)
+        r = await c.post(f"/products/{small.product_id}/variations", json={"sku": "CUP"})
+        refused(r.json(), cup.product_id)
+        r = await c.put(f"/products/{cup.product_id}", json={"sku": "MUG"})
+        assert r.status_code == 400
+        refused(r.json(), mug.product_id)
+        assert sim.product(cup)["sku"] == "CUP"
+        r = await c.put(f"/products/{small.product_id}/variations/{small.variation_id}", json={"sku": "TEE-M"})
+        refused(r.json(), medium.variation_id)
+        r = await c.post("/products/batch", json={"create": [{"name": "X", "sku": "CUP"}],
+                                                   "update": [{"id": mug.product_id, "sku": "TEE-M"}]})
+        assert r.status_code == 200
+        refused(r.json()["create"][0]["error"], cup.product_id)
+        refused(r.json()["update"][0]["error"], medium.variation_id)
+
+        # a changed SKU frees the old one and takes the new one
+        r = await c.put(f"/products/{mug.product_id}", json={"sku": "MUG-OLD"})
+        assert (r.status_code, r.json()["sku"]) == (200, "MUG-OLD")
+        r = await c.post("/products", json={"name": "New mug", "sku": "MUG"})
+        assert r.status_code == 201
+        new_mug = r.json()["id"]
+        r = await c.post("/products", json={"name": "Mug 3", "sku": "MUG-OLD"})
+        refused(r.json(), mug.product_id)
+        r = await c.put(f"/products/{new_mug}", json={"sku": "MUG"})  # its own SKU again: no conflict
+        assert r.status_code == 200
+        r = await c.post(f"/products/{small.product_id}/variations/batch",
+                         json={"update": [{"id": small.variation_id, "sku": "TEE-SMALL"}]})
+        assert r.json()["update"][0]["sku"] == "TEE-SMALL"
+        r = await c.post("/products", json={"name": "Tee S", "sku": "TEE-S"})
+        assert r.status_code == 201
+        r = await c.post("/products", json={"name": "Tee S", "sku": "tee-small"})
+        refused(r.json(), small.variation_id)
+        assert sim.stock("MUG") == sim.product(new_mug)["stock_quantity"]
+        r = await c.get("/products", params={"sku": "MUG,MUG-OLD"})
+        assert sorted(p["id"] for p in r.json()) == [mug.product_id, new_mug]
+
+        # deleted for good (route, batch, a variable product with its variations): the SKU is free
+        r = await c.delete(f"/products/{cup.product_id}", params={"force": "true"})
+        assert r.status_code == 200
+        assert (await c.post("/products", json={"name": "Cup", "sku": "CUP"})).status_code == 201
+        r = await c.post("/products/batch", json={"delete": [new_mug]})
+        assert r.json()["delete"][0]["id"] == new_mug
+        assert (await c.post("/products", json={"name": "Mug", "sku": "MUG"})).status_code == 201
+        r = await c.delete(f"/products/{small.product_id}", params={"force": "true"})
+        assert r.status_code == 200
+        assert (await c.post("/products", json={"name": "M", "sku": "TEE-M"})).status_code == 201
+        assert (await c.post("/products", json={"name": "Tee", "sku": "TEE"})).status_code == 201
+        assert (await c.get("/products", params={"sku": "TEE-SMALL"})).json() == []
+        with pytest.raises(KeyError):
+            sim.stock("TEE-SMALL")
+
+        # trashed: its SKU may be taken again (wc_product_has_unique_sku skips the trash)
+        r = await c.delete(f"/products/{mug.product_id}")
+        assert r.json()["status"] == "trash"
+        assert (await c.post("/products", json={"name": "Mug 4", "sku": "MUG-OLD"})).status_code == 201
+        r = await c.put(f"/products/{mug.product_id}", json={"sku": "CUP"})  # the trashed one is still checked
+        assert r.status_code == 400
+    assert_sku_index_matches(sim)
+
+
+def assert_sku_index_matches(sim: WooSim) -> None:
+    """The index holds exactly what a scan of the catalogue finds."""
+    scanned: dict[str, set[int]] = {}
+    for p in sim._products.values():
+        if p.sku:
+            scanned.setdefault(p.sku.lower(), set()).add(p.id)
+    assert sim._skus == scanned
+
+
+async def test_sku_index_stays_equal_to_a_scan_under_random_writes(nursery):
+    rng = random.Random(4)
+    sim, c = await start(nursery)
+    skus = [f"S{i}" for i in range(12)]
+    async with c:
+        for _ in range(300):
+            ids = [p.id for p in sim._products.values() if p.type != "variation"]
+            variable = [p for p in sim._products.values() if p.type == "variable"]
+            op = rng.choice(["create", "variable", "variation", "rename", "batch", "delete", "trash"])
+            sku = rng.choice(skus + [""])
+            if op == "create":
+                r = await c.post("/products", json={"name": "P", "sku": sku})
+            elif op == "variable":
+                r = await c.post("/products", json={"name": "V", "type": "variable", "sku": sku})
+            elif op == "variation" and variable:
+                r = await c.post(f"/products/{rng.choice(variable).id}/variations", json={"sku": sku})
+            elif op == "rename" and ids:
+                r = await c.put(f"/products/{rng.choice(ids)}", json={"sku": sku})
+            elif op == "batch" and ids:
+                r = await c.post("/products/batch", json={"create": [{"name": "B", "sku": sku}],
+                                                           "update": [{"id": rng.choice(ids), "sku": rng.choice(skus)}],
+                                                           "delete": [rng.choice(ids)]})
+            elif op == "delete" and ids:
+                r = await c.delete(f"/products/{rng.choice(ids)}", params={"force": "true"})
+            elif op == "trash" and ids:
+                r = await c.delete(f"/products/{rng.choice(ids)}")
+            else:
+                continue
+            assert r.status_code in (200, 201, 400), r.text
+            if r.status_code == 400:
+                assert r.json()["code"] in ("product_invalid_sku", "woocommerce_rest_product_invalid_id")
+            assert_sku_index_matches(sim)
+            live: dict[str, list[int]] = {}
+            for p in sim._products.values():
+                if p.sku and p.status != "trash":
+                    live.setdefault(p.sku.lower(), []).append(p.id)
+            assert all(len(v) == 1 for v in live.values()), live  # never two live holders of one SKU
 
 
 async def test_modified_after_is_strict_at_one_second(nursery):
@@ -486,13 +631,19 @@ async def test_sim_admin_routes(nursery):
         assert (await admin.get("/_sim/stock/MUG")).json()["stock"] == 9
         await admin.post("/_sim/orders", json={"items": {"MUG": 2}})
         assert sim.stock("MUG") == 7
+        pid = ref.split(":")[1] if ":" in ref else ref  # by product id too, as the rehearsal in docs/SETUP.md does
+        assert (await admin.post("/_sim/orders", json={"items": {pid: 1}})).status_code == 200
+        assert sim.stock("MUG") == 6
+        r = await admin.post("/_sim/orders", json={"items": {"NO-SUCH-SKU": 1}})
+        assert r.status_code == 404 and "NO-SUCH-SKU" in r.json()["message"]
+        assert (await admin.post("/_sim/orders", json={"items": []})).status_code == 400
         r = await admin.put("/_sim/faults", json={"latency": 0.0, "down": True})
         assert r.json()["down"] is True
         async with httpx.AsyncClient(base_url=sim.api_url, auth=(sim.consumer_key, sim.consumer_secret)) as c:
             assert (await c.get("/products")).status_code == 503
         stats = (await admin.get("/_sim/stats")).json()
         assert stats["requests"]["GET /wp-json/wc/v3/products"] == 1
-    assert [w.source for w in sim.stock_writes] == ["admin", "order"]
+    assert [w.source for w in sim.stock_writes] == ["admin", "order", "order"]
 
 
 @pytest.mark.parametrize("kind", ["get_one", "put"])
