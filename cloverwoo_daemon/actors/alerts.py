@@ -31,7 +31,7 @@ Rules this actor keeps:
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +39,13 @@ from typing import Any
 import structlog
 import trio
 
+from cloverwoo_daemon.actors.tables import released
 from cloverwoo_daemon.core import alerts as core
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, Conflict
 from cloverwoo_daemon.ports import AlertStore, Mailer, PermanentError, RemoteError
+
+_ARMED = core.ArmState()  # both alerts may fire
 
 log = structlog.get_logger("cloverwoo.alerts")
 
@@ -113,9 +116,11 @@ class AlertActor:
     def __init__(self, deps: AlertDeps) -> None:
         self.deps = deps
         self._send, self._recv = trio.open_memory_channel[_Input](deps.capacity)
-        self._overflow_stock: dict[str, Binding] = {}
+        self._overflow_stock: OrderedDict[str, Binding] = OrderedDict()
         self._overflow: deque[_Input] = deque(maxlen=deps.overflow_limit)
-        self._snapshots: dict[str, core.StockSnapshot] = {}  # last figures per binding (kept across restarts)
+        # The last binding seen with stock figures, per binding (kept across restarts). The binding itself,
+        # shared with the table, rather than a snapshot of it: a copy per binding cost 16 MB at 50,000.
+        self._stock: dict[str, Binding] = {}
         self._overrides: dict[str, int] = {}
         self._arm: dict[str, core.ArmState] = {}
         self._failing: set[str] = set()  # bindings alerted for their current failure streak
@@ -220,8 +225,10 @@ class AlertActor:
                     await self._handle(msg)
                     while self._overflow_stock or self._overflow:
                         if self._overflow_stock:
-                            bid = next(iter(self._overflow_stock))
-                            await self._handle(_Stock(self._overflow_stock.pop(bid)))
+                            _, latest = self._overflow_stock.popitem(last=False)
+                            await self._handle(_Stock(latest))
+                            if not self._overflow_stock:
+                                self._overflow_stock = released(self._overflow_stock)
                         else:
                             await self._handle(self._overflow.popleft())
                 finally:
@@ -255,7 +262,7 @@ class AlertActor:
                 self._failing.discard(b.binding_id)
                 snap = core.snapshot_of(b)
                 if snap is not None:
-                    self._snapshots[b.binding_id] = snap
+                    self._stock[b.binding_id] = b
                     await self._evaluate(snap)
             case _Conflict(conflict=c):
                 await self._on_conflict(c)
@@ -270,23 +277,28 @@ class AlertActor:
                 if await self.deps.store.record_alert(alert):
                     self._queue_alert(alert)
             case _Recheck(sku=sku):
-                for snap in [s for s in self._snapshots.values() if s.sku == sku]:
-                    await self._evaluate(snap)
+                for b in [b for b in self._stock.values() if b.sku == sku]:
+                    if (snap := core.snapshot_of(b)) is not None:
+                        await self._evaluate(snap)
 
     async def _evaluate(self, snap: core.StockSnapshot) -> None:
         d = self.deps
         threshold = core.threshold_for(d.policy, snap.sku, self._overrides)
-        state = self._arm.get(snap.binding_id, core.ArmState())
+        state = self._arm.get(snap.binding_id, _ARMED)
         new, alert = core.evaluate(snap, threshold, state, policy=d.policy, at=d.clock())
         if alert is not None:
             if await d.store.record_alert(alert, arm=new):
                 self._queue_alert(alert)
         elif new != state:
             await d.store.save_arm_state(snap.binding_id, new)
-        self._arm[snap.binding_id] = new
+        if new == _ARMED:
+            self._arm.pop(snap.binding_id, None)  # the usual state is not stored: most bindings are in it
+        else:
+            self._arm[snap.binding_id] = new
 
     async def _on_conflict(self, conflict: Conflict) -> None:
-        alert = core.conflict_alert(conflict, self._snapshots.get(conflict.binding_id), at=self.deps.clock())
+        last = self._stock.get(conflict.binding_id)
+        alert = core.conflict_alert(conflict, core.snapshot_of(last) if last else None, at=self.deps.clock())
         if await self.deps.store.record_alert(alert):
             self._queue_alert(alert)
 
@@ -300,9 +312,9 @@ class AlertActor:
             return
         self._failing.add(binding_id)
         binding = d.lookup(binding_id)
-        snap = self._snapshots.get(binding_id)
-        sku = binding.sku if binding else (snap.sku if snap else "")
-        name = binding.name if binding else (snap.name if snap else binding_id)
+        last = self._stock.get(binding_id)
+        sku = binding.sku if binding else (last.sku if last else "")
+        name = binding.name if binding else (last.name if last else binding_id)
         error = await d.store.last_sync_error(binding_id) or ""
         alert = core.failure_alert(binding_id, sku, name, attempts=attempts, error=error, at=d.clock())
         if await d.store.record_alert(alert):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from cloverwoo_daemon.core.model import Binding, WooRef
 
@@ -27,8 +28,10 @@ def shard_of(binding_id: str, shards: int) -> int:
 class BindingTable:
     def __init__(self, bindings: Iterable[Binding] = ()) -> None:
         self._by_id: dict[str, Binding] = {}
-        self._by_clover: dict[tuple[str, str], str] = {}  # (location, item id) -> binding id
-        self._by_woo_product: dict[int, set[str]] = {}  # product id (parent for variations) -> binding ids
+        # Sized for 50,000 bindings in a small VPS's memory: one dict of item ids per location (not a
+        # tuple key per item), and a product's binding id held bare unless it has several (variations).
+        self._by_clover: dict[str, dict[str, str]] = {}  # location -> Clover item id -> binding id
+        self._by_woo_product: dict[int, str | set[str]] = {}  # product id (parent for variations) -> binding id(s)
         self._by_woo_ref: dict[WooRef, str] = {}
         self._kinds: Counter[str] = Counter()  # _kind of every binding, kept as they are put: states() is O(1)
         for b in bindings:
@@ -49,6 +52,10 @@ class BindingTable:
     def ids(self) -> list[str]:
         return list(self._by_id)
 
+    def mapping(self) -> Mapping[str, Binding]:
+        """A read-only live view by binding id (no copy of a 50,000-entry table)."""
+        return MappingProxyType(self._by_id)
+
     def put(self, binding: Binding) -> None:
         old = self._by_id.get(binding.binding_id)
         if old is not None and (old.clover_items != binding.clover_items or old.woo != binding.woo):
@@ -57,10 +64,18 @@ class BindingTable:
             self._kinds[_kind(old)] -= 1
         self._kinds[_kind(binding)] += 1
         self._by_id[binding.binding_id] = binding
+        bid = binding.binding_id
         for loc, item_id in binding.clover_items.items():
-            self._by_clover[(loc, item_id)] = binding.binding_id
-        self._by_woo_product.setdefault(binding.woo.product_id, set()).add(binding.binding_id)
-        self._by_woo_ref[binding.woo] = binding.binding_id
+            self._by_clover.setdefault(loc, {})[item_id] = bid
+        pid = binding.woo.product_id
+        held = self._by_woo_product.get(pid)
+        if held is None or held == bid:
+            self._by_woo_product[pid] = bid
+        elif isinstance(held, set):
+            held.add(bid)
+        else:
+            self._by_woo_product[pid] = {held, bid}
+        self._by_woo_ref[binding.woo] = bid
 
     def remove(self, binding_id: str) -> Binding | None:
         old = self._by_id.pop(binding_id, None)
@@ -92,25 +107,33 @@ class BindingTable:
 
     def _unindex(self, b: Binding) -> None:
         for loc, item_id in b.clover_items.items():
-            if self._by_clover.get((loc, item_id)) == b.binding_id:
-                del self._by_clover[(loc, item_id)]
-        ids = self._by_woo_product.get(b.woo.product_id)
-        if ids is not None:
-            ids.discard(b.binding_id)
-            if not ids:
-                del self._by_woo_product[b.woo.product_id]
+            items = self._by_clover.get(loc)
+            if items is not None and items.get(item_id) == b.binding_id:
+                del items[item_id]
+        pid = b.woo.product_id
+        held = self._by_woo_product.get(pid)
+        if held == b.binding_id:
+            del self._by_woo_product[pid]
+        elif isinstance(held, set):
+            held.discard(b.binding_id)
+            if len(held) == 1:
+                self._by_woo_product[pid] = next(iter(held))
         if self._by_woo_ref.get(b.woo) == b.binding_id:
             del self._by_woo_ref[b.woo]
 
     def by_clover_item(self, location: str, item_id: str) -> str | None:
-        return self._by_clover.get((location, item_id))
+        items = self._by_clover.get(location)
+        return None if items is None else items.get(item_id)
 
     def by_woo_ref(self, ref: WooRef) -> str | None:
         return self._by_woo_ref.get(ref)
 
     def by_woo_product(self, product_id: int) -> set[str]:
         """Every binding of a product: the simple product itself, or all variations of a variable one."""
-        return set(self._by_woo_product.get(product_id, ()))
+        held = self._by_woo_product.get(product_id)
+        if held is None:
+            return set()
+        return {held} if isinstance(held, str) else set(held)
 
 
 def _kind(b: Binding) -> str:

@@ -20,6 +20,7 @@ Rules this actor keeps:
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ import msgspec
 import structlog
 import trio
 
+from cloverwoo_daemon.actors.tables import released
 from cloverwoo_daemon.core import stock_policy as core
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding
@@ -54,7 +56,7 @@ class StockPolicyDeps:
 class StockPolicyActor:
     def __init__(self, deps: StockPolicyDeps) -> None:
         self.deps = deps
-        self._latest: dict[str, Binding] = {}
+        self._latest: OrderedDict[str, Binding] = OrderedDict()  # bindings to bring in line, oldest first
         self._wake = trio.Event()
         self._applied: dict[str, core.Applied] = {}
         self._runtime: dict[str, str] = {}
@@ -109,10 +111,10 @@ class StockPolicyActor:
         task_status.started()
         while True:
             if not self._latest:
+                self._latest = released(self._latest)
                 self._wake = trio.Event()
                 await self._wake.wait()
-            bid = next(iter(self._latest))
-            binding = self._latest.pop(bid)
+            bid, binding = self._latest.popitem(last=False)  # oldest first; O(1), unlike next(iter(dict))
             self._busy += 1
             try:
                 ok = await self._one(binding)

@@ -5,6 +5,11 @@ Rules this module keeps:
 - Every type is a frozen ``msgspec.Struct``: values, never mutable state.
 - Quantities are whole units (``int``). Clover stores a float; the adapters
   round it at the edge, so the core never compares floats.
+- The types held by the thousand (a binding and its parts, a catalogue
+  entry) are ``gc=False``: they hold only strings, numbers and dicts of
+  those, so they can never be part of a reference cycle, and the cyclic
+  collector need not walk 50,000 bindings on every full collection (it also
+  saves 16 bytes each).
 - A quantity that is not known is ``None``, never ``0``: a Clover item with no
   stock record is *unknown* and nothing is ever written from it (peers.md,
   pain point 1, the "phantom zero").
@@ -20,7 +25,7 @@ MatchedBy = Literal["sku", "name"]
 Side = Literal["clover", "woo"]
 
 
-class WooRef(msgspec.Struct, frozen=True, order=True):
+class WooRef(msgspec.Struct, frozen=True, order=True, gc=False):
     """One WooCommerce stock unit: a simple product, or one variation."""
 
     product_id: int
@@ -31,7 +36,7 @@ class WooRef(msgspec.Struct, frozen=True, order=True):
         return f"woo:{self.product_id}:{self.variation_id}"
 
 
-class Binding(msgspec.Struct, frozen=True):
+class Binding(msgspec.Struct, frozen=True, gc=False):
     """One Woo stock unit tied to the Clover items (one per location) holding its stock.
 
     ``base_woo`` and ``base_clover`` are the quantities both sides held right
@@ -52,7 +57,7 @@ class Binding(msgspec.Struct, frozen=True):
     version: int = 0
 
 
-class CloverItem(msgspec.Struct, frozen=True):
+class CloverItem(msgspec.Struct, frozen=True, gc=False):
     """What the catalogue read of one Clover location says about one item."""
 
     item_id: str
@@ -64,7 +69,7 @@ class CloverItem(msgspec.Struct, frozen=True):
     deleted: bool = False
 
 
-class WooItem(msgspec.Struct, frozen=True):
+class WooItem(msgspec.Struct, frozen=True, gc=False):
     """What the catalogue read of WooCommerce says about one stock unit."""
 
     ref: WooRef

@@ -68,3 +68,36 @@ def test_states_of_a_large_table_are_exact_and_cheap() -> None:
     for _ in range(2_000):
         table.states(conflicted=conflicted, stale=stale)
     assert time.perf_counter() - start < 1.0
+
+
+def test_indexes_follow_variations_item_moves_and_removals() -> None:
+    """The compact indexes (a bare id per product, one dict per location) answer as a brute-force scan would."""
+    import random
+
+    rng = random.Random(7)
+    table = BindingTable()
+    live: dict[str, Binding] = {}
+    for _ in range(3000):
+        i = rng.randrange(40)
+        bid = f"b{i}"
+        if rng.random() < 0.25:
+            table.remove(bid)
+            live.pop(bid, None)
+            continue
+        # products 1..8 (several variations each), items moving between ids and locations; an item is
+        # never claimed by two bindings at once (the matcher reports those as ambiguous)
+        taken = {(loc, item) for x in live.values() if x.binding_id != bid for loc, item in x.clover_items.items()}
+        items = {loc: f"I{rng.randrange(30)}" for loc in ("downtown", "airport") if rng.random() < 0.7}
+        b = Binding(binding_id=bid, sku=f"S{i}", name=f"P{i}", woo=WooRef(1 + rng.randrange(8), i),
+                    clover_items={loc: item for loc, item in items.items() if (loc, item) not in taken})
+        table.put(b)
+        live[bid] = b
+        for pid in range(0, 10):
+            assert table.by_woo_product(pid) == {x.binding_id for x in live.values() if x.woo.product_id == pid}
+        for loc in ("downtown", "airport", "nowhere"):
+            for n in range(30):
+                want = next((x.binding_id for x in live.values() if x.clover_items.get(loc) == f"I{n}"), None)
+                assert table.by_clover_item(loc, f"I{n}") == want
+        for x in live.values():
+            assert table.by_woo_ref(x.woo) == x.binding_id
+    assert len(table) == len(live)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloverwoo_daemon.core.matching import match_catalogues, normalise_name, reconcile_bindings
-from cloverwoo_daemon.core.model import CloverItem, WooItem, WooRef
+from cloverwoo_daemon.core.model import Binding, CloverItem, WooItem, WooRef
 
 
 def c(item_id: str, name: str = "", sku: str | None = None, **kw) -> CloverItem:
@@ -242,3 +242,71 @@ def test_no_key_is_ever_bound_twice(cats):
     # Reconciling a report with itself changes nothing and removes nothing.
     put, removed = reconcile_bindings(list(report.bindings), report)
     assert put == list(report.bindings) and removed == []
+
+
+def _catalogue_fields(b: Binding) -> tuple:
+    return (b.binding_id, b.sku, b.name, b.woo, b.clover_items, b.matched_by, b.tracked)
+
+
+@st.composite
+def refreshed(draw, cats):
+    """``cats`` a little later: some units and items renamed, re-SKU'd, untracked, deleted or gone."""
+    clover, woo = cats
+
+    def edit(x, **choices):
+        if not draw(st.booleans()):
+            return x
+        field = draw(st.sampled_from(sorted(choices)))
+        return msgspec.structs.replace(x, **{field: draw(choices[field])})
+
+    woo = [edit(x, name=name_st, sku=sku_st, manage_stock=st.booleans(), status=st.just("trash"))
+           for x in woo if draw(st.integers(0, 9))]
+    clover = {loc: [edit(x, name=name_st, sku=sku_st, deleted=st.just(True)) for x in items if draw(st.integers(0, 9))]
+              for loc, items in clover.items()}
+    return clover, woo
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data(), catalogues(), st.integers(0, 50))
+def test_reuse_changes_no_outcome_and_copies_no_unchanged_binding(data, before, base):
+    """A refresh that reuses the known bindings reports and reconciles exactly as one that does not."""
+    after = data.draw(st.one_of(refreshed(before), catalogues()))
+    first = match_catalogues(*before, primary="main")
+    known = [msgspec.structs.replace(b, base_woo=base, base_clover=dict.fromkeys(b.clover_items, base), version=3)
+             for b in first.bindings]
+    plain = match_catalogues(*after, primary="main")
+    reused = match_catalogues(*after, primary="main", reuse={b.binding_id: b for b in known})
+    assert [_catalogue_fields(b) for b in reused.bindings] == [_catalogue_fields(b) for b in plain.bindings]
+    assert msgspec.structs.replace(reused, bindings=()) == msgspec.structs.replace(plain, bindings=())
+    by_id = {b.binding_id: b for b in known}
+    for b in reused.bindings:
+        prev = by_id.get(b.binding_id)
+        if prev is not None and _catalogue_fields(prev) == _catalogue_fields(b):
+            assert b is prev  # the very object: no copy
+        else:
+            assert b.base_woo is None and b.version == 0  # a new or changed binding starts with no state
+    assert reconcile_bindings(known, reused) == reconcile_bindings(known, plain)
+
+
+def test_a_refresh_of_an_unchanged_catalogue_keeps_every_object():
+    cats = ({"main": [c("A", sku="X"), c("B", name="Mug")]}, [w(1, sku="X"), w(2, name="Mug")])
+    known = [msgspec.structs.replace(b, base_woo=4, base_clover={"main": 4})
+             for b in match_catalogues(*cats, primary="main").bindings]
+    again = match_catalogues(*cats, primary="main", reuse={b.binding_id: b for b in known})
+    put, removed = reconcile_bindings(known, again)
+    assert removed == [] and all(p is k for p, k in zip(put, known, strict=True))
+
+
+def test_a_binding_whose_catalogue_changed_is_built_anew():
+    cats = ({"main": [c("A", sku="X")]}, [w(1, name="Mug", sku="X")])
+    (known,) = (msgspec.structs.replace(b, base_woo=4, base_clover={"main": 4})
+                for b in match_catalogues(*cats, primary="main").bindings)
+    changes = {
+        "renamed": ({"main": [c("A", sku="X")]}, [w(1, name="Big mug", sku="X")]),
+        "untracked": ({"main": [c("A", sku="X")]}, [w(1, name="Mug", sku="X", manage_stock=False)]),
+        "another item": ({"main": [c("B", sku="X")]}, [w(1, name="Mug", sku="X")]),
+        "SKU from Clover": ({"main": [c("A", name="Mug", sku="Y")]}, [w(1, name="Mug")]),
+    }
+    for why, later in changes.items():
+        (b,) = match_catalogues(*later, primary="main", reuse={known.binding_id: known}).bindings
+        assert b is not known and b.base_woo is None, why
