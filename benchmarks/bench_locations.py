@@ -25,19 +25,21 @@ sample where the other store shows it. Besides:
   the same rate comes first and is not counted.
 - **Scaling (1, 3, 10 locations)**: rate limits lifted, as in
   ``bench_sync.py`` (the simulator's, and the daemon's client budgets, with
-  64 requests in flight per token and per app): in aggregate mode every
-  merge reads every location (echo merges of the daemon's own writes too),
-  so the Clover calls per sale grow with the number of locations (printed),
-  and at Clover's documented per-app 50 req/s ten locations would cap the
-  load near 2 sales/s: the figure would be the quota's, not the daemon's.
-  Same rate and products for every count; the ratio 10 locations /
-  1 location is printed. On a 2-core machine the knee is near 20 sales/s
-  with 10 locations (~440 Clover calls/s through one simulator process).
+  64 requests in flight per token and per app), so that the figure is the
+  daemon's and not Clover's quota. An aggregate merge reads the locations
+  its triggers name (a store sale: that store; an online order: the
+  primary) and every location only when the split of a WooCommerce change
+  depends on them; the Clover calls per sale (printed, catch-up polls of
+  every location included) show how that grows with the locations. Until
+  94caaf1 every merge read every location: 25.6 calls per sale at ten
+  locations, which Clover's per-app 50 req/s capped near 2 sales/s. Same
+  rate and products for every count; the ratio 10 locations / 1 location is
+  printed.
 - **One location down**: 3 locations with Clover's documented rate limits and
   the daemon's default budgets (a location that fails must not eat the
   healthy ones' share of the per-app budget: that is what is measured), at a
-  rate they sustain (the primary's token, 16 req/s, is read by every merge
-  and written by every online order: about 5 sales/s at most). Phase 1 all
+  rate they sustain (the primary's token, 16 req/s, is read and written by
+  every online order). Phase 1 all
   healthy, phase 2 with ``harbour`` answering every call 503
   (``CloverSim.down_merchants``), measured once the daemon reports it
   unreachable. In both phases the POS sales happen at the healthy

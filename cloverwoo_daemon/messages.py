@@ -61,6 +61,10 @@ class MarkDirty(msgspec.Struct, frozen=True, tag="dirty"):
     event_ids: tuple[int, ...] = ()  # inbox events settled once these merges succeed
     received_at: float = 0.0  # monotonic time the trigger arrived, for latency
     woo_stock_hint: int | None = None  # the stock a Woo product webhook carried (None: unknown)
+    # Where Clover's side can have changed, as far as the trigger tells: the locations a Clover webhook or
+    # poll came from, () for a WooCommerce trigger (nothing changed at Clover), None when it does not say
+    # (a reconcile, a recheck): every location. Lets an aggregate merge read only what may have moved.
+    clover_at: tuple[str, ...] | None = None
 
 
 class CatalogueUpdate(msgspec.Struct, frozen=True, tag="catalogue"):

@@ -118,10 +118,12 @@ class Router:
                 await self._route_event(ev, mono)
             case Resolved():
                 ids = self._resolve(msg.clover, msg.woo)
-                await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=msg.event_id)
+                await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=msg.event_id,
+                                     clover_at=_where(msg.clover, msg.woo))
             case PollFound():
                 ids = self._resolve(msg.clover, msg.woo) | set(msg.binding_ids)
-                await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=None)
+                await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=None,
+                                     clover_at=None if msg.binding_ids else _where(msg.clover, msg.woo))
 
     async def _route_event(self, ev: InboxEvent, mono: float) -> None:
         d = self.deps
@@ -134,7 +136,7 @@ class Router:
                     return
                 if kind == "I":
                     ids = self._resolve({loc: {oid}}, set())
-                    await self._dispatch(ids, "webhook:clover", mono=mono, event_id=ev.event_id)
+                    await self._dispatch(ids, "webhook:clover", mono=mono, event_id=ev.event_id, clover_at=(loc,))
                 elif kind == "O" and loc in d.lookups:
                     self._refs[ev.event_id] = self._refs.get(ev.event_id, 0) + 1  # held by the lookup
                     await d.lookups[loc].send(LookupOrder(ev.event_id, oid, mono))
@@ -150,10 +152,11 @@ class Router:
                         ids = d.table.by_woo_product(rid)
                     # The payload's stock lets the shard recognise our own write coming back.
                     hint = stock if len(ids) == 1 and topic == "product.updated" else None
-                    await self._dispatch(ids, "webhook:woo", mono=mono, event_id=ev.event_id, woo_hint=hint)
+                    await self._dispatch(ids, "webhook:woo", mono=mono, event_id=ev.event_id, woo_hint=hint,
+                                         clover_at=())
                 elif resource == "order":
                     ids = self._resolve({}, set(refs))
-                    await self._dispatch(ids, "webhook:woo:order", mono=mono, event_id=ev.event_id)
+                    await self._dispatch(ids, "webhook:woo:order", mono=mono, event_id=ev.event_id, clover_at=())
                 else:
                     self._ignore(ev.event_id, "topic not used for stock", topic=topic)
 
@@ -174,7 +177,8 @@ class Router:
         return ids
 
     async def _dispatch(
-        self, ids: set[str], trigger: str, *, mono: float, event_id: int | None, woo_hint: int | None = None
+        self, ids: set[str], trigger: str, *, mono: float, event_id: int | None, woo_hint: int | None = None,
+        clover_at: tuple[str, ...] | None = None,
     ) -> None:
         d = self.deps
         nshards = len(d.shards)
@@ -190,7 +194,7 @@ class Router:
                 self._settle(event_id)
         eids = (event_id,) if event_id is not None else ()
         for shard, bids in by_shard.items():
-            await d.shards[shard].send(MarkDirty(tuple(bids), trigger, eids, mono, woo_hint))
+            await d.shards[shard].send(MarkDirty(tuple(bids), trigger, eids, mono, woo_hint, clover_at))
         self.routed += 1
 
     def _ignore(self, event_id: int, reason: str, **kw: object) -> None:
@@ -234,3 +238,8 @@ class Router:
 
 def now_unix() -> float:
     return time.time()
+
+
+def _where(clover: dict[str, set[str]], woo: set[WooRef]) -> tuple[str, ...] | None:
+    """``MarkDirty.clover_at`` for a change found at these Clover locations and Woo refs."""
+    return None if clover and woo else tuple(sorted(clover))

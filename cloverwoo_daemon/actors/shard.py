@@ -89,6 +89,9 @@ class _Pending:
     initialise: Initialise | None = None  # a recount from list reads, run before any plain merge
     woo_hints: set[int] | frozenset[int] = _NO_IDS  # stock figures Woo webhooks carried
     unhinted: bool = False  # some trigger carried no stock figure: a merge is needed
+    # The Clover locations where the triggers say stock can have moved (``MarkDirty.clover_at``), or None
+    # for any: an aggregate merge reads those (and the primary for a Woo change), not every location.
+    clover_at: frozenset[str] | None = frozenset()
 
     def add_trigger(self, *kinds: str) -> None:
         if not self.triggers.issuperset(kinds):
@@ -96,8 +99,9 @@ class _Pending:
 
     def absorb(
         self, event_ids: tuple[int, ...] | set[int] | frozenset[int], trigger: str, received_at: float,
-        hint: int | None = None,
+        hint: int | None = None, clover_at: tuple[str, ...] | None = None,
     ) -> None:
+        self._widen(clover_at)
         if event_ids:
             self.event_ids = _grown(self.event_ids, event_ids)
         self.add_trigger(trigger)
@@ -108,6 +112,7 @@ class _Pending:
             self.woo_hints = _grown(self.woo_hints, (hint,))
 
     def absorb_pending(self, other: _Pending) -> None:
+        self._widen(other.clover_at)
         if other.event_ids:
             self.event_ids = _grown(self.event_ids, other.event_ids)
         self.add_trigger(*other.triggers)
@@ -117,6 +122,17 @@ class _Pending:
         self.unhinted |= other.unhinted or not other.woo_hints
         if other.initialise is not None:
             self.initialise = other.initialise
+
+    def _widen(self, clover_at: Iterable[str] | None) -> None:
+        if clover_at is None:
+            self.clover_at = None
+        elif self.clover_at is not None:
+            self.clover_at = self.clover_at.union(clover_at)
+
+    @property
+    def from_woo(self) -> bool:
+        """A WooCommerce webhook or poll is among the triggers: Woo's stock may have moved."""
+        return any(t.startswith(("webhook:woo", "poll:woo")) for t in self.triggers)
 
     def only_echoes(self, base_woo: int | None) -> bool:
         """Every trigger was a Woo webhook carrying exactly the stock we last agreed on: nothing to merge."""
@@ -253,7 +269,7 @@ class ShardActor:
                         for bid in cmd.binding_ids:
                             p = _Pending()
                             p.absorb(cmd.event_ids, cmd.trigger, cmd.received_at or trio.current_time(),
-                                     cmd.woo_stock_hint)
+                                     cmd.woo_stock_hint, cmd.clover_at)
                             self._enqueue_pending(bid, p)
                     case CatalogueUpdate():
                         self._catalogue[cmd.binding_id] = cmd
@@ -321,7 +337,7 @@ class ShardActor:
             if init is not None and (pending.event_ids or pending.triggers - {"initialise", "catalogue"}):
                 # Triggers that came with the recount get a plain merge from fresh reads; their events
                 # are settled by that merge, not by the recount (whose list reads may predate them).
-                follow = _Pending(event_ids=set(pending.event_ids), received_at=pending.received_at)
+                follow = _Pending(event_ids=set(pending.event_ids), received_at=pending.received_at, clover_at=None)
                 follow.add_trigger(*((pending.triggers - {"initialise", "catalogue"}) or {"recheck"}))
                 self._enqueue_pending(bid, follow)
             elif pending.event_ids:
@@ -412,9 +428,10 @@ class ShardActor:
         # Both sides are read at once (one round trip instead of two) unless a crashed merge must be
         # recovered first; the Clover reads are then made after recovery, below.
         early: tuple[dict[str, int | None], bool, set[str]] | None = None
+        first = self._first_reads(binding, pending)
         try:
             if bid not in d.intents and binding.tracked and not binding.excluded:
-                woo_stock, early = await _both(d.woo.get_stock(binding.woo), self._read_clover(binding))
+                woo_stock, early = await _both(d.woo.get_stock(binding.woo), self._read_clover(binding, first))
             else:
                 woo_stock = await d.woo.get_stock(binding.woo)
         except NotFound:
@@ -443,6 +460,11 @@ class ShardActor:
             return False
 
         clover_reads, read_failed, gone = early if early is not None else await self._read_clover(binding)
+        if early is not None and first is not None and self._needs_every_location(binding, woo_stock.quantity,
+                                                                                  clover_reads):
+            rest, rest_failed, rest_gone = await self._read_clover(binding, skip=frozenset(clover_reads))
+            clover_reads = {**clover_reads, **rest}
+            read_failed, gone = read_failed or rest_failed, gone | rest_gone
         if gone:
             binding = await self._drop_locations(binding, gone, trigger)
             if not binding.clover_items:
@@ -825,8 +847,55 @@ class ShardActor:
         self.deps.intents[binding.binding_id] = raw
         self.deps.table.put(binding)
 
-    async def _read_clover(self, binding: Binding) -> tuple[dict[str, int | None], bool, set[str]]:
-        """Fresh reads of every bound location: (reads, some read failed, locations whose item is gone)."""
+    def _first_reads(self, binding: Binding, pending: _Pending) -> frozenset[str] | None:
+        """The Clover locations a merge reads first: those the triggers name, or None for every location.
+
+        In aggregate mode a sale at one store moves only that store's count, yet reading every location
+        cost N Clover calls per merge, and as many again for the echo of the merge's own write: ten
+        locations allowed about two sales a second under Clover's per-app limit. A location left unread
+        is taken to be where its base says (the merge neither counts nor writes it, and keeps its base).
+        Where that could change the outcome, ``_needs_every_location`` has the rest read before planning.
+        Every other case reads every location: a binding never synced, a recount, a mode change, a
+        crashed merge being recovered, a trigger that names no location (reconcile, catch-up, retry).
+        """
+        d = self.deps
+        cfg = d.merge_config
+        at = pending.clover_at
+        if at is None or cfg.mode != "aggregate" or pending.initialise is not None:
+            return None
+        bound = [loc for loc in cfg.active if loc in binding.clover_items and loc in d.clovers]
+        if len(bound) < 2 or binding.base_woo is None or any(binding.base_clover.get(loc) is None for loc in bound):
+            return None
+        if binding.binding_id in d.intents or binding.binding_id in self._prior_woo:
+            return None
+        first = (at | {cfg.primary}) if pending.from_woo else at  # a Woo change is routed, by default to the primary
+        first = first.intersection(bound)
+        return first or None
+
+    def _needs_every_location(self, binding: Binding, woo: int | None, reads: dict[str, int | None]) -> bool:
+        """Whether the locations read first are too few for a sound plan (see ``_first_reads``).
+
+        Enough when WooCommerce has not moved since the last sync (each location read contributes its own
+        change, the others none), or when Woo's change goes whole to the primary (an increase, or the
+        ``primary`` rule) and the primary was read. Otherwise the split of Woo's change depends on the
+        other locations' stock (``most_stock``, a fallback order), and they are read too.
+        """
+        cfg = self.deps.merge_config
+        known = {loc for loc, c in reads.items() if c is not None}
+        if woo is None or binding.base_woo is None:
+            return False  # the plan writes nothing either way
+        if not known:
+            return True
+        dw = woo - binding.base_woo
+        if dw == 0:
+            return False
+        return not ((dw > 0 or cfg.deduct == "primary") and cfg.primary in known)
+
+    async def _read_clover(
+        self, binding: Binding, only: frozenset[str] | None = None, skip: frozenset[str] = frozenset()
+    ) -> tuple[dict[str, int | None], bool, set[str]]:
+        """Fresh reads of the bound locations (``only`` those, none of ``skip``): (reads, some read failed,
+        locations whose item is gone)."""
         d = self.deps
         reads: dict[str, int | None] = {}
         failed = False
@@ -860,7 +929,7 @@ class ShardActor:
         async with trio.open_nursery() as n:
             for loc in d.merge_config.locations:
                 item_id = binding.clover_items.get(loc)
-                if item_id is not None and loc in d.clovers:
+                if item_id is not None and loc in d.clovers and (only is None or loc in only) and loc not in skip:
                     n.start_soon(one, loc, item_id)
         return reads, failed, gone
 

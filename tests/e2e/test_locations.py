@@ -150,6 +150,60 @@ async def test_online_order_deducted_by_the_fallback_list(tmp_path: Path) -> Non
     await _online_order_by_rule(tmp_path, ["airport", "harbour"], {"airport": 18}, 5)
 
 
+def reads_at(w: World) -> dict[str, int]:
+    return {loc: w.clover.count("GET item_stocks/{id}", w.locations[loc]) for loc in LOCS}
+
+
+async def test_aggregate_reads_only_the_locations_that_moved(tmp_path: Path) -> None:
+    """A sale at one store reads that store; an online order the primary; nothing else is called per sale."""
+    async with three_stores(tmp_path, products=1) as env:
+        w = env.world
+        (p,) = w.products
+        before = reads_at(w)
+        w.clover.pos_sale(w.locations["airport"], {p.clover["airport"]: 2})
+        await wait_for(lambda: w.woo_stock(p) == 58, what="the airport sale on woo")
+        await settle(env)
+        after_sale = reads_at(w)
+        # the sale's merge and the echo of its Woo write: airport alone, never the other two stores
+        assert after_sale["airport"] > before["airport"]
+        assert after_sale["downtown"] == before["downtown"] and after_sale["harbour"] == before["harbour"]
+
+        w.woo.online_order({p.woo: 3})
+        await wait_for(lambda: stock(w, p, "downtown") == 17, what="the online order at the primary")
+        await settle(env)
+        after_order = reads_at(w)
+        assert after_order["downtown"] > after_sale["downtown"]  # the primary: read, then written
+        assert after_order["harbour"] == before["harbour"]
+        assert after_order["airport"] == after_sale["airport"]
+        assert [stock(w, p, loc) for loc in LOCS] == [17, 18, 20] and w.woo_stock(p) == 55
+
+
+async def test_aggregate_reads_every_location_when_a_woo_change_must_be_split(tmp_path: Path) -> None:
+    """A store sale whose merge finds an unannounced online order too: with most_stock, every store is read
+    before Woo's change is split, and both sales count exactly once."""
+    async with three_stores(tmp_path, deduct="most_stock", products=1, poll_every="1h") as env:
+        w = env.world
+        (p,) = w.products
+        for loc, n in (("downtown", 5), ("airport", 2)):
+            w.clover.pos_sale(w.locations[loc], {p.clover[loc]: n})
+        await wait_for(lambda: w.woo_stock(p) == 53, what="store sales on woo")
+        await settle(env)
+        w.woo.faults.webhooks_enabled = False  # the online order's webhook is lost (no poll for an hour)
+        w.woo.online_order({p.woo: 4})
+        before = reads_at(w)
+        w.clover.pos_sale(w.locations["airport"], {p.clover["airport"]: 1})
+        await wait_for(lambda: w.woo_stock(p) == 48 and sum(stock(w, p, loc) for loc in LOCS) == 48,
+                       what="both sales on both sides")
+        await settle(env)
+        after = reads_at(w)
+        assert all(after[loc] > before[loc] for loc in LOCS), (before, after)
+        # most stock was harbour (20): the online order came out of it, the store sales out of their stores
+        assert [stock(w, p, loc) for loc in LOCS] == [15, 17, 16]
+        w.woo.faults.webhooks_enabled = True
+        await settle(env)
+        assert w.woo_stock(p) == 48 and [stock(w, p, loc) for loc in LOCS] == [15, 17, 16]
+
+
 # ---------------------------------------------------------------- single
 
 
