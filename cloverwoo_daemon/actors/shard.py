@@ -296,6 +296,11 @@ class ShardActor:
             self._again.setdefault(bid, _Pending()).absorb_pending(p)
         elif bid in self._dirty:
             self._dirty[bid].absorb_pending(p)
+        elif bid in self._backing_off:
+            # A failed merge is waiting out its delay: the new trigger waits with it and they run as one.
+            # Started beside it instead, a second failure took the waiting one's place, and both retries then
+            # found the other's and stopped: their events were never settled, their sales never merged.
+            self._backing_off[bid].absorb_pending(p)
         else:
             self._dirty[bid] = p
             self._ready_send.send_nowait(bid)
@@ -351,6 +356,9 @@ class ShardActor:
             self.deps.on_failure(bid, attempt)
             delay = self.deps.retry.next_delay(min(attempt, 30)) or self.deps.retry.cap
             assert self._nursery is not None
+            waiting = self._backing_off.get(bid)
+            if waiting is not None:  # not expected (see _enqueue_pending); kept rather than overwritten
+                pending.absorb_pending(waiting)
             self._backing_off[bid] = pending  # (a restart of this actor re-queues it at once)
             self._nursery.start_soon(self._retry_later, bid, pending, delay)  # the worker moves on
             return

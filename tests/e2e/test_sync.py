@@ -119,3 +119,26 @@ async def test_trashed_product_and_deleted_item_unbind_with_a_log_entry(env_fact
         assert "Clover item deleted" in unbound[b.sku]
         assert {bd.binding_id for bd in await env.daemon.admin.store.load_bindings()}.isdisjoint(
             {a.woo.key, b.woo.key})
+
+
+async def test_sales_during_a_failing_stretch_are_all_merged_once_it_heals(env_factory: Callable[..., Any]) -> None:
+    """A trigger that arrives while a failed merge waits out its retry delay is kept, not dropped.
+
+    WooCommerce fails every call for a while, and POS sales keep coming: each merge fails and waits longer.
+    Before the fix a new sale started a second merge beside the waiting one; when that one failed too it took
+    the waiting one's place, both retries then found the other's and stopped, and the sales were merged only
+    at the next reconcile or restart (no poll here), their webhooks never settled.
+    """
+    async with env_factory(products=1, poll_every="1h", stock=120) as env:
+        w = env.world
+        (p,) = w.products
+        w.woo.faults.down = True
+        for _ in range(40):  # ~24 s: long enough for the retry delay to outgrow a failing merge (~3 s)
+            w.clover.pos_sale(w.locations["downtown"], {p.clover["downtown"]: 1})
+            await trio.sleep(0.6)
+        w.woo.faults.down = False
+        await wait_for(lambda: w.woo_stock(p) == 80, timeout=60, what="every sale on woo")
+        await wait_for(lambda: env.daemon.admin.status()["router"]["events_in_flight"] == 0, timeout=30,
+                       what="every webhook settled")
+        await settle(env)
+        assert w.clover_stock(p) == 80 and w.woo_stock(p) == 80
