@@ -28,7 +28,7 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/bench_soak.py
 
-# issue 7: the long chaos run. CHAOS_SCALE (default 50) multiplies the crash trials (4 moments each: 200 kills at
+# The long chaos run. CHAOS_SCALE (default 50) multiplies the crash trials (4 moments each: 200 kills at
 # 50) and the remote-fault durations (WooCommerce away for the full ten minutes); CHAOS_SECONDS feeds the
 # randomised concurrency test. `make test` runs the same files short, with fixed seeds.
 CHAOS_SCALE   ?= 50

@@ -1,4 +1,4 @@
-"""Initial sync and reconciliation at the speed the APIs allow (issue 4's benchmark).
+"""Initial sync and reconciliation at the speed the APIs allow.
 
     .venv/bin/python benchmarks/bench_jobs.py                    # the short run `make bench` does (~2 min)
     .venv/bin/python benchmarks/bench_jobs.py import:50000       # one figure of the issue (~7 min)

@@ -1,4 +1,4 @@
-"""Propagation latency with 1, 3 and 10 Clover locations, and with one location of three down (issue 5).
+"""Propagation latency with 1, 3 and 10 Clover locations, and with one location of three down.
 
     .venv/bin/python benchmarks/bench_locations.py [--rate 10] [--seconds 15] [--products 200]
                                                    [--down-rate 3] [--down-seconds 20] [--counts 1,3,10]
