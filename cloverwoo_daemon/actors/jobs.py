@@ -333,7 +333,7 @@ class JobRunner:
         sent: set[str] = set()
         for b in put:
             current = self.table.get(b.binding_id)
-            if current is not None and _same_catalogue(current, b):
+            if current is not None and matching.same_catalogue(current, b):
                 continue
             sent.add(b.binding_id)
             await self.shards[shard_of(b.binding_id, nshards)].send(CatalogueUpdate(b.binding_id, b, "catalogue"))
@@ -585,14 +585,6 @@ def _never_synced(b: Binding, locations: tuple[str, ...]) -> bool:
     if b.base_woo is None:
         return True
     return any(b.base_clover.get(loc) is None for loc in locations if loc in b.clover_items)
-
-
-def _same_catalogue(a: Binding, b: Binding) -> bool:
-    if a is b:
-        return True  # the usual refresh: the match reused the binding itself
-    return (a.sku, a.name, a.woo, a.clover_items, a.matched_by, a.tracked) == (
-        b.sku, b.name, b.woo, b.clover_items, b.matched_by, b.tracked
-    )
 
 
 def _summary(report: Any, *, changed: int, removed: int) -> dict[str, Any]:

@@ -43,7 +43,8 @@ import msgspec
 
 from cloverwoo_daemon.core.model import Binding, CloverItem, MatchedBy, WooItem
 
-__all__ = ["Ambiguous", "MatchReport", "match_catalogues", "normalise_name", "normalise_sku", "reconcile_bindings"]
+__all__ = ["Ambiguous", "MatchReport", "match_catalogues", "normalise_name", "normalise_sku", "reconcile_bindings",
+           "same_catalogue"]
 
 _NOT_STOCK_UNITS = frozenset({"variable", "grouped"})
 _SEPARATORS = re.compile(r"[,/|]")
@@ -135,13 +136,10 @@ def match_catalogues(
         sku = normalise_sku(w.sku) or next(
             (s for loc in clover_items if (s := normalise_sku(live[loc][clover_items[loc]].sku))), ""
         )
+        new = Binding(binding_id=key, sku=sku, name=w.name, woo=w.ref, clover_items=clover_items,
+                      matched_by=by, tracked=w.manage_stock)
         prev = reuse.get(key) if reuse is not None else None
-        if (prev is not None and prev.clover_items == clover_items and prev.woo == w.ref and prev.sku == sku
-                and prev.name == w.name and prev.matched_by == by and prev.tracked == w.manage_stock):
-            bindings.append(prev)
-            continue
-        bindings.append(Binding(binding_id=key, sku=sku, name=w.name, woo=w.ref, clover_items=clover_items,
-                                matched_by=by, tracked=w.manage_stock))
+        bindings.append(prev if prev is not None and same_catalogue(prev, new) else new)
 
     used = {loc: set(bound[loc].values()) for loc in locations}
     return MatchReport(
@@ -156,6 +154,15 @@ def match_catalogues(
         woo_seen=tuple(units),
         clover_deleted=deleted,
         clover_seen={loc: tuple(live[loc]) for loc in locations},
+    )
+
+
+def same_catalogue(a: Binding, b: Binding) -> bool:
+    """Whether two bindings tie the same items together under the same labels (sync state aside)."""
+    if a is b:
+        return True
+    return (a.sku, a.name, a.woo, a.clover_items, a.matched_by, a.tracked) == (
+        b.sku, b.name, b.woo, b.clover_items, b.matched_by, b.tracked
     )
 
 
