@@ -19,7 +19,10 @@ from cloverwoo_daemon.core.alerts import Alert, ArmState, Email, OutboxEmail
 from cloverwoo_daemon.core.model import (
     Binding,
     CloverItem,
+    CompanionInfo,
     Conflict,
+    StockChange,
+    StockChangeResult,
     SyncLogRow,
     WooItem,
     WooRef,
@@ -39,6 +42,10 @@ class PermanentError(RemoteError):
 
 class NotFound(PermanentError):
     """The object does not exist (deleted Clover item, trashed Woo product)."""
+
+
+class CompanionMissing(PermanentError):
+    """The WordPress companion is not (or no longer) installed: its route answers 404 ``rest_no_route``."""
 
 
 class CloverPort(Protocol):
@@ -107,6 +114,23 @@ class WooPort(Protocol):
         Each change writes ``inventory_delta`` and the product meta marker
         ``_cloverwoo_version`` in the same request. Per-item errors come back
         as ``ok=False`` results, never as an exception.
+        """
+        ...
+
+    async def companion(self) -> CompanionInfo | None:
+        """The WordPress companion's status; None when it is not installed."""
+        ...
+
+    async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
+        """Apply deltas through the companion, exactly once each by write id; results in input order.
+
+        Safe to call again with the same changes at any time (a change already
+        applied answers ``new=False`` with the stock it left), so every failure
+        is answered by resending: ``RemoteError`` means some or none were
+        applied; ``CompanionMissing`` that the companion is gone (fall back to
+        ``apply_deltas`` after re-reading). Per-item refusals (unknown product,
+        stock not managed, a write id reused for another change) come back as
+        ``ok=False`` results with a ``code``.
         """
         ...
 

@@ -101,6 +101,51 @@ class WooWriteResult(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
+class StockChange(msgspec.Struct, frozen=True):
+    """One stock change for the WordPress companion: a delta made exactly-once by its write id.
+
+    The companion records ``write_id`` in the transaction that applies the
+    delta, so sending the same change again (after a timeout, a 503, a crash)
+    never applies it twice. An id must therefore name one write of one
+    binding and never be reused: 1-64 characters of ``A-Za-z0-9._:-``.
+    """
+
+    write_id: str
+    ref: WooRef
+    delta: int  # non-zero whole units
+
+
+class StockChangeResult(msgspec.Struct, frozen=True):
+    """The companion's answer for one ``StockChange``.
+
+    ``new`` is False when the write id had been applied before: nothing was
+    changed now, and ``quantity`` repeats the stock that first application
+    left. ``quantity`` is the stock right after this change (other sales
+    landing afterwards are not in it), on ``stock_product_id`` (a variation's
+    parent when the parent manages its stock).
+    """
+
+    write_id: str
+    ref: WooRef
+    ok: bool
+    new: bool = False
+    quantity: int | None = None
+    stock_product_id: int | None = None
+    code: str = ""  # the refusal's code when not ok, e.g. cloverwoo_unknown_product
+    error: str | None = None
+
+
+class CompanionInfo(msgspec.Struct, frozen=True):
+    """What the companion's status route reports."""
+
+    version: str
+    woocommerce: str
+    sync_webhooks: bool | None  # None: another plugin's filter could not be asked
+    write_ids_kept_days: int  # a change older than this may not be resent (its id may be gone)
+    transactional: bool  # False: the meta table is not InnoDB, so a crash can lose a write id
+    max_changes: int = 100
+
+
 class SyncLogRow(msgspec.Struct, frozen=True):
     """One row of the sync log: every merge, every failure with its error."""
 

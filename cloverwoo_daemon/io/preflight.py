@@ -28,6 +28,12 @@ Rules:
 - A secret given as an environment variable has no file to check.
 - Secrets never appear in a line; errors are the clients' own messages,
   which carry no secret.
+- Some lines are advice, not requirements (``advisory``): a ``✗`` that the
+  daemon works without, at a known cost, and that does not fail the check.
+  The first is the WordPress companion: without it a WooCommerce checkout
+  landing during one of the daemon's stock writes can be lost, so its absence
+  is shown as ``✗`` with the one-line install, yet the daemon runs (it falls
+  back to ``inventory_delta``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.io.clover import AppGate, CloverClient, TokenProvider
 from cloverwoo_daemon.io.clover_oauth import CloverOAuth, KeyValue, OAuthTokens, ReconnectRequired
 from cloverwoo_daemon.io.store import Store, StoreError
-from cloverwoo_daemon.io.woocommerce import WooClient
+from cloverwoo_daemon.io.woocommerce import COMPANION_FILE, WooClient
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 
 __all__ = ["Check", "exit_code", "file_checks", "print_checks", "run_preflight"]
@@ -63,6 +69,7 @@ class Check(msgspec.Struct, frozen=True):
     subject: str
     detail: str
     fix: str = ""
+    advisory: bool = False  # a failure here is advice: it does not fail the check (exit 0)
 
     def line(self) -> str:
         mark = "✓" if self.ok else "✗"
@@ -71,7 +78,7 @@ class Check(msgspec.Struct, frozen=True):
 
 
 def exit_code(checks: list[Check]) -> int:
-    return 0 if checks and all(c.ok for c in checks) else 1
+    return 0 if checks and all(c.ok or c.advisory for c in checks) else 1
 
 
 def print_checks(checks: list[Check], out: Callable[[str], None] = print) -> int:
@@ -197,7 +204,31 @@ async def woo_checks(woo: WooClient, base_url: str) -> list[Check]:
                             "WooCommerce > Settings > Products > Inventory: tick \"Enable stock management\""))
     checks.append(await _key_permission(woo))
     checks.append(await _variations(woo))
+    checks.append(await companion_check(woo))
     return checks
+
+
+COMPANION_INSTALL = f"copy {COMPANION_FILE} into wp-content/mu-plugins/"
+
+
+async def companion_check(woo: WooClient) -> Check:
+    """Whether stock writes are atomic: the WordPress companion answers its status route."""
+    subject = "stock writes"
+    try:
+        info = await woo.companion()
+    except RemoteError as exc:
+        return Check(False, subject, f"the companion could not be asked ({exc})", "try again; check the site's error "
+                     "log", advisory=True)
+    if info is None:
+        return Check(False, subject, "not atomic: a checkout during a daemon stock write can be lost",
+                     COMPANION_INSTALL, advisory=True)
+    webhooks = {True: "webhooks synchronous", False: "webhooks asynchronous", None: "webhook mode unknown"}
+    detail = f"atomic (companion v{info.version}; {webhooks[info.sync_webhooks]})"
+    if not info.transactional:
+        return Check(False, subject, detail.replace("atomic", "atomic, but the post meta table is not InnoDB, so a "
+                                                               "crash can apply a change twice", 1),
+                     "convert wp_postmeta to InnoDB (ALTER TABLE wp_postmeta ENGINE=InnoDB)", advisory=True)
+    return Check(True, subject, detail)
 
 
 async def _key_permission(woo: WooClient) -> Check:

@@ -8,11 +8,16 @@ Rules this module keeps:
   ``woocommerce_rest_product_invalid_id`` for a missing product, 404 for the
   rest). Nothing else escapes.
 - Retries are bounded (``core.backoff.Backoff``). Reads retry on 429, 5xx,
-  timeouts and connection errors. A stock write is not idempotent (it carries
-  a delta), so it is retried only when it certainly did not run: a connection
-  that never opened, 429, or 503 (maintenance, the store away). After a
-  timeout or another 5xx the delta may have landed; that is
+  timeouts and connection errors. An ``inventory_delta`` write is not
+  idempotent, so it is resent only when it certainly did not run: a
+  connection that never opened, or 429. Every 5xx is ambiguous (a proxy or
+  host answers 503 after PHP ran too), and so are a timeout or a connection
+  reset after sending: the delta may have landed; that is
   ``WriteOutcomeUnknown``, and the caller re-reads (the version marker tells).
+- The WordPress companion (``wordpress/cloverwoo-companion.php``, routes under
+  ``wp-json/wc-cloverwoo/v1``, authenticated by the same key) makes a stock
+  change exactly-once by its write id, so ``apply_changes`` resends on every
+  retryable failure, the same ids each time.
 - At most ``max_in_flight`` requests are in flight (one ``httpx.AsyncClient``
   degrades past about 10 concurrent requests, stack.md).
 - Auth: Basic over HTTPS, OAuth 1.0a one-legged over HTTP (WooCommerce
@@ -26,6 +31,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import random
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -39,17 +45,28 @@ import trio
 
 from cloverwoo_daemon.core import oauth1
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
-from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
+from cloverwoo_daemon.core.model import (
+    CompanionInfo,
+    StockChange,
+    StockChangeResult,
+    WooItem,
+    WooRef,
+    WooStock,
+    WooWriteResult,
+)
 from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
 from cloverwoo_daemon.io.metrics import ClientHooks
-from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError, StockWrite
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError, StockWrite
 
-__all__ = ["VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
+__all__ = ["COMPANION_FILE", "VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
 
 log = structlog.get_logger(__name__)
 
 VERSION_META_KEY = "_cloverwoo_version"
 BATCH_LIMIT = 100
+COMPANION_NAMESPACE = "wc-cloverwoo/v1"
+COMPANION_FILE = "wordpress/cloverwoo-companion.php"
+_WRITE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 PER_PAGE = 100
 # What list reads keep of each product or variation (see ``_get_all``).
 _CATALOGUE_FIELDS = ("id", "parent_id", "name", "sku", "type", "status", "manage_stock", "stock_quantity",
@@ -164,6 +181,7 @@ class WooClient:
         self.hooks = hooks or ClientHooks()
         root = base_url.rstrip("/")
         self.api_url = root if root.endswith("/wc/v3") else root + "/wp-json/wc/v3"
+        self.companion_url = self.api_url.removesuffix("/wc/v3") + "/" + COMPANION_NAMESPACE
         if auth == "auto":
             auth = "basic" if self.api_url.startswith("https://") else "oauth1"
         self.auth: Auth = auth
@@ -201,13 +219,17 @@ class WooClient:
         params: dict[str, str] | None = None,
         json: Any = None,
         idempotent: bool = True,
+        base: str | None = None,
     ) -> httpx.Response:
-        """One logical call with bounded retries; returns a 2xx/3xx response or raises a ports error."""
+        """One logical call with bounded retries; returns a 2xx/3xx response or raises a ports error.
+
+        ``path`` is under ``base`` (default: the ``wc/v3`` API root).
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, path, params or {}, json, idempotent)
+                return await self._attempt(method, path, params or {}, json, idempotent, base or self.api_url)
             except _Retryable as exc:
                 if exc.sent and not idempotent:
                     log.warning("woo_write_outcome_unknown", method=method, path=path, reason=exc.reason)
@@ -224,9 +246,9 @@ class WooClient:
                 await trio.sleep(delay)
 
     async def _attempt(
-        self, method: str, path: str, params: dict[str, str], body: Any, idempotent: bool
+        self, method: str, path: str, params: dict[str, str], body: Any, idempotent: bool, base: str
     ) -> httpx.Response:
-        url = self.api_url + path
+        url = base + path
         query = dict(params)
         if self.auth == "oauth1":
             query.update(
@@ -252,8 +274,8 @@ class WooClient:
             self.hooks.rate_limited()
             raise _Retryable("429", retry_after=parse_retry_after(resp.headers.get("retry-after")), sent=False)
         if status >= 500:
-            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")),
-                             sent=status != 503)
+            # Even a 503 may come from a proxy after PHP ran: only a resend that is idempotent is safe.
+            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")))
         text = f"{method} {path}: {status} {code}: {message}".rstrip(": ")
         if _is_invalid_id(status, code):
             raise NotFound(text)
@@ -407,6 +429,119 @@ class WooClient:
         if item.get("id") != (ref.variation_id or ref.product_id):
             return WooWriteResult(ref, ok=False, error=f"answer for id {item.get('id')} instead")
         return WooWriteResult(ref, ok=True, quantity=_quantity(item.get("stock_quantity")))
+
+    # ------------------------------------------------------------------
+    # The WordPress companion: exactly-once stock changes by write id
+
+    async def companion(self) -> CompanionInfo | None:
+        """The companion's status, or None when it is not installed (404, ``rest_no_route``).
+
+        Error handling: a refused key is ``PermanentError``; an answer that is
+        not the companion's status is ``RemoteError``.
+        """
+        try:
+            data = await self._json("GET", "/status", base=self.companion_url)
+        except NotFound:
+            return None
+        return self._companion_info(data)
+
+    async def set_companion_settings(
+        self, *, sync_webhooks: bool | None = None, write_ids_kept_days: int | None = None
+    ) -> CompanionInfo:
+        """Switch synchronous webhook delivery, or how long write ids are kept; returns the new status.
+
+        Absolute values, so retried like a read. ``CompanionMissing`` when it is not installed.
+        """
+        body: dict[str, Any] = {}
+        if sync_webhooks is not None:
+            body["sync_webhooks"] = bool(sync_webhooks)
+        if write_ids_kept_days is not None:
+            body["write_ids_kept_days"] = int(write_ids_kept_days)
+        if not body:
+            raise ValueError("set_companion_settings: nothing to set")
+        try:
+            data = await self._json("POST", "/settings", json=body, base=self.companion_url)
+        except NotFound as exc:
+            raise CompanionMissing(f"the companion is not installed ({exc})") from None
+        return self._companion_info(data)
+
+    @staticmethod
+    def _companion_info(data: Any) -> CompanionInfo:
+        if not isinstance(data, dict) or not isinstance(data.get("companion"), str):
+            raise RemoteError("the companion's status answer is not the companion's")
+        sync = data.get("sync_webhooks")
+        try:
+            return CompanionInfo(
+                version=data["companion"], woocommerce=str(data.get("woocommerce", "")),
+                sync_webhooks=sync if isinstance(sync, bool) else None,
+                write_ids_kept_days=int(data.get("write_ids_kept_days") or 0),
+                transactional=data.get("transactional") is True,
+                max_changes=int(data.get("max_changes") or BATCH_LIMIT),
+            )
+        except (TypeError, ValueError):
+            raise RemoteError("the companion's status answer is malformed") from None
+
+    async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
+        """Apply ``changes`` through the companion in batches of ≤ 100; results in the order of ``changes``.
+
+        Every request is idempotent by write id, so it is retried on 5xx,
+        timeouts and connection resets like a read, with the same ids.
+
+        Error handling: a change that is not one (zero or non-integer delta, a
+        malformed or repeated write id) is ``ValueError`` before anything is
+        sent. ``CompanionMissing`` when the companion's route is gone;
+        ``RemoteError``/``PermanentError`` when a batch failed for good: some
+        earlier batches may have been applied, and calling again with the same
+        changes finishes the job without applying any twice.
+        """
+        seen: set[str] = set()
+        for c in changes:
+            if not isinstance(c.delta, int) or isinstance(c.delta, bool) or c.delta == 0:
+                raise ValueError(f"change {c.write_id!r}: the delta must be a non-zero whole number, not {c.delta!r}")
+            if not _WRITE_ID.fullmatch(c.write_id):
+                raise ValueError(f"write id {c.write_id!r}: 1-64 characters of A-Z a-z 0-9 . _ : -")
+            if c.write_id in seen:
+                raise ValueError(f"write id {c.write_id!r} appears twice in one call")
+            seen.add(c.write_id)
+        results: list[StockChangeResult] = []
+        for start in range(0, len(changes), BATCH_LIMIT):
+            chunk = list(changes[start : start + BATCH_LIMIT])
+            body = {"changes": [{"write_id": c.write_id, "product_id": c.ref.variation_id or c.ref.product_id,
+                                 "delta": c.delta} for c in chunk]}
+            try:
+                answer = await self._json("POST", "/stock", json=body, base=self.companion_url)
+            except NotFound as exc:
+                self.hooks.wrote(False, len(chunk))
+                raise CompanionMissing(f"the companion is not installed ({exc})") from None
+            except RemoteError:
+                self.hooks.wrote(False, len(chunk))
+                raise
+            answered = answer.get("results") if isinstance(answer, dict) else None
+            if not isinstance(answered, list) or len(answered) != len(chunk):
+                # applied or not, the same ids can be sent again
+                raise RemoteError("POST /stock: the companion's answer does not list one result per change")
+            for c, item in zip(chunk, answered, strict=True):
+                results.append(self._change_result(c, item))
+        failed = sum(1 for r in results if not r.ok)
+        self.hooks.wrote(True, len(results) - failed)
+        self.hooks.wrote(False, failed)
+        log.info("woo_changes_applied", items=len(results), failed=failed,
+                 replayed=sum(1 for r in results if r.ok and not r.new))
+        return results
+
+    @staticmethod
+    def _change_result(change: StockChange, item: Any) -> StockChangeResult:
+        if not isinstance(item, dict) or item.get("write_id") != change.write_id:
+            raise RemoteError(f"POST /stock: no answer for write id {change.write_id!r} in its place")
+        if item.get("ok") is not True:
+            err = item.get("error") if isinstance(item.get("error"), dict) else {}
+            code = str(err.get("code", ""))
+            return StockChangeResult(change.write_id, change.ref, ok=False, code=code,
+                                     error=f"{code}: {err.get('message', '')}")
+        stock_id = item.get("stock_product_id")
+        return StockChangeResult(change.write_id, change.ref, ok=True, new=item.get("new") is True,
+                                 quantity=_quantity(item.get("stock")),
+                                 stock_product_id=stock_id if isinstance(stock_id, int) else None)
 
     async def list_items(self) -> list[WooItem]:
         products = await self._get_all("/products", {"orderby": "id", "order": "asc"}, _CATALOGUE_FIELDS)

@@ -162,6 +162,7 @@ async def start_world(
     woo_faults: Faults | None = None,
     clover_limits: RateLimits | None = None,
     seed: int = 0,
+    woo_companion: bool = False,
     **config: object,
 ) -> World:
     """Start both simulators in ``nursery`` and seed them with products that match by SKU.
@@ -169,11 +170,13 @@ async def start_world(
     Stock starts in agreement (each location holds ``stock``; WooCommerce the
     total), so a sync that works writes nothing until something sells.
     ``clover_limits`` replaces Clover's documented rate limits (tests tighten them).
+    ``woo_companion`` serves the WordPress companion's routes in the WooCommerce simulator.
     """
     world_dir.mkdir(parents=True, exist_ok=True)
     auth_code = pysecrets.token_hex(16)
     clover = CloverSim(auth_code=auth_code, faults=clover_faults, limits=clover_limits, seed=seed)
     woo = WooSim.realistic(faults=woo_faults) if realistic else WooSim(faults=woo_faults)
+    woo.companion = woo_companion  # the WordPress companion's routes (exactly-once stock changes)
     clover_url = await nursery.start(clover.run)
     woo_url = await nursery.start(woo.run)
     locs: dict[str, str] = {}

@@ -27,6 +27,13 @@ real WooCommerce 11, says otherwise, section 9 wins):
   ``{"code", "message", "data": {"status"}}``.
 - The simulated clock (``clock``) is injectable so tests can put two changes
   in the same second without sleeping.
+- Companion mode (``companion=True``) serves the WordPress companion's routes
+  (``wordpress/cloverwoo-companion.php``) under ``/wp-json/wc-cloverwoo/v1``
+  with its semantics: each change goes through the atomic path orders use,
+  its write id remembered with the result, so a resend is a no-op answering
+  the same; ``POST .../settings`` switches webhooks to synchronous delivery.
+  Without it those routes answer 404 ``rest_no_route``, as a store without
+  the file does.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ from cloverwoo_daemon.core.model import WooRef
 from cloverwoo_daemon.sim.common import FaultInjector, Faults, serve_app
 
 API = "/wp-json/wc/v3"
+COMPANION_API = "/wp-json/wc-cloverwoo/v1"
+COMPANION_VERSION = "1.0.0"  # the version wordpress/cloverwoo-companion.php reports
+_WRITE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 BATCH_LIMIT = 100
 OAUTH_WINDOW = 15 * 60
 MAX_WEBHOOK_FAILURES = 5  # woocommerce_max_webhook_delivery_failures: the 7th failure disables
@@ -303,6 +313,7 @@ class WooSim:
         store_wide_variations: bool = True,
         webhook_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        companion: bool = False,
     ) -> None:
         self.injector = FaultInjector(faults)
         self.https = https
@@ -337,6 +348,12 @@ class WooSim:
         self.stock_writes: list[StockWrite] = []
         self.deliveries: list[Delivery] = []
         self.deliveries_dropped = 0
+        # The WordPress companion (off: its routes answer 404 rest_no_route, as without the file)
+        self.companion = companion
+        self.companion_writes: dict[str, dict[str, Any]] = {}  # write id -> the recorded change and result
+        self.companion_lose_answers = 0  # the next N /stock answers are replaced by a 503 after applying
+        self.write_ids_kept_days = 30
+        self._async_before_sync: bool | None = None  # async_webhooks before the companion made them sync
         self.app = self._build_app()
 
     @property
@@ -983,6 +1000,85 @@ class WooSim:
             wh.pending_delivery = False
 
     # ------------------------------------------------------------------
+    # The WordPress companion (companion mode)
+
+    def _companion_status(self) -> dict[str, Any]:
+        return {"companion": COMPANION_VERSION, "woocommerce": "11.0.1", "wordpress": "7.0.4", "php": "8.2.36",
+                "sync_webhooks": not self.async_webhooks, "sync_webhooks_setting": self._async_before_sync is not None,
+                "write_ids_kept_days": self.write_ids_kept_days, "max_changes": BATCH_LIMIT, "transactional": True,
+                "manage_stock": self._settings["woocommerce_manage_stock"]["value"] == "yes"}
+
+    def _companion_settings(self, body: dict[str, Any]) -> None:
+        unknown = set(body) - {"sync_webhooks", "write_ids_kept_days"}
+        if not body or unknown:
+            raise ApiError(400, "rest_invalid_param", "unknown setting(s): " + ", ".join(sorted(unknown)) if unknown
+                           else "the body must be a JSON object with sync_webhooks and/or write_ids_kept_days")
+        if "sync_webhooks" in body and not isinstance(body["sync_webhooks"], bool):
+            raise ApiError(400, "rest_invalid_param", "sync_webhooks must be true or false")
+        days = body.get("write_ids_kept_days", self.write_ids_kept_days)
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise ApiError(400, "rest_invalid_param",
+                           "write_ids_kept_days must be a whole number of days from 1 to 3650")
+        self.write_ids_kept_days = days
+        if body.get("sync_webhooks") is True and self._async_before_sync is None:
+            self._async_before_sync, self.async_webhooks = self.async_webhooks, False
+        elif body.get("sync_webhooks") is False and self._async_before_sync is not None:
+            self.async_webhooks, self._async_before_sync = self._async_before_sync, None
+
+    def _companion_change(self, change: Any) -> dict[str, Any]:
+        """One change, as the companion applies it: validated, replayed by write id, or applied atomically."""
+        write_id = change.get("write_id") if isinstance(change, dict) else None
+        pid = change.get("product_id") if isinstance(change, dict) else None
+        out: dict[str, Any] = {"write_id": write_id if isinstance(write_id, str) else None,
+                               "product_id": pid if isinstance(pid, int) and not isinstance(pid, bool) else None}
+
+        def refuse(code: str, message: str) -> dict[str, Any]:
+            return {**out, "ok": False, "error": {"code": code, "message": message}}
+
+        if not isinstance(change, dict):
+            return refuse("cloverwoo_invalid_change", "each change must be an object {write_id, product_id, delta}")
+        if not isinstance(write_id, str) or not 1 <= len(write_id) <= 64 or not set(write_id) <= _WRITE_ID_CHARS:
+            return refuse("cloverwoo_invalid_write_id", "write_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+        if out["product_id"] is None or pid <= 0:
+            return refuse("cloverwoo_invalid_product_id",
+                          "product_id must be a positive whole number (a product or variation id)")
+        delta = change.get("delta")
+        if isinstance(delta, float) and math.isfinite(delta) and delta == int(delta):
+            delta = int(delta)
+        if isinstance(delta, float):
+            return refuse("cloverwoo_decimal_delta", "delta must be a whole number: WooCommerce stock is an integer")
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            return refuse("cloverwoo_invalid_delta", "delta must be a number")
+        if delta == 0:
+            return refuse("cloverwoo_zero_delta", "delta must not be 0 (a no-op write still fires product.updated)")
+        seen = self.companion_writes.get(write_id)
+        if seen is not None:
+            if (seen["product_id"], seen["delta"]) != (pid, delta):
+                return refuse("cloverwoo_write_id_reused",
+                              f"write id already used for product {seen['product_id']} with delta {seen['delta']}")
+            return {"write_id": write_id, "product_id": pid, "ok": True, "new": False, "delta": delta,
+                    "stock": seen["stock"], "stock_product_id": seen["stock_product_id"]}
+        p = self._products.get(pid)
+        if p is None:
+            return refuse("cloverwoo_unknown_product", f"no product or variation with id {pid}")
+        if p.status == "trash":
+            return refuse("cloverwoo_product_trashed", f"product {pid} is in the trash")
+        holder = self._stock_holder(p)
+        if not holder.manage_stock or self._settings["woocommerce_manage_stock"]["value"] != "yes":
+            return refuse("cloverwoo_stock_not_managed",
+                          f"product {pid} does not manage stock (or stock management is off in WooCommerce)")
+        self._change_stock_atomic(p, delta, "companion")  # no await: nothing interleaves, as in one transaction
+        self.companion_writes[write_id] = {"product_id": pid, "delta": delta, "stock": holder.stock_quantity,
+                                           "stock_product_id": holder.id, "ts": self.clock()}
+        return {"write_id": write_id, "product_id": pid, "ok": True, "new": True, "delta": delta,
+                "stock": holder.stock_quantity, "stock_product_id": holder.id}
+
+    def _companion_cleanup(self) -> None:
+        oldest = self.clock() - self.write_ids_kept_days * 86400
+        for wid in [w for w, rec in self.companion_writes.items() if rec["ts"] < oldest]:
+            del self.companion_writes[wid]
+
+    # ------------------------------------------------------------------
     # HTTP layer
 
     def _authenticate(self) -> None:
@@ -1481,6 +1577,46 @@ class WooSim:
                     opts[sid]["value"] = str(body["value"])
             return _json(_setting_json(opts[sid]))
 
+        # The WordPress companion (companion mode) ---------------------------
+
+        def _companion_on() -> None:
+            if not sim.companion:
+                raise ApiError(404, "rest_no_route", "No route was found matching the URL and request method.")
+
+        @app.route(f"{COMPANION_API}/status", methods=["GET"])
+        async def companion_status() -> Response:
+            _companion_on()
+            return _json(sim._companion_status())
+
+        @app.route(f"{COMPANION_API}/settings", methods=["POST"])
+        async def companion_settings() -> Response:
+            _companion_on()
+            sim._companion_settings(await sim._body())
+            return _json(sim._companion_status())
+
+        @app.route(f"{COMPANION_API}/stock", methods=["POST"])
+        async def companion_stock() -> Response:
+            _companion_on()
+            body = await sim._body()
+            changes = body.get("changes")
+            if not isinstance(changes, list):
+                raise ApiError(400, "rest_invalid_param", 'the body must be {"changes": [{"write_id": "...", '
+                                                          '"product_id": 123, "delta": -1}, ...]}')
+            if len(changes) > BATCH_LIMIT:
+                raise ApiError(413, "woocommerce_rest_request_entity_too_large",
+                               f"Unable to accept more than {BATCH_LIMIT} changes for this request.")
+            await sim._sleep(sim.latency.other)
+            results = []
+            for change in changes:
+                await sim._sleep(sim.latency.batch_item)  # each change is its own short transaction
+                results.append(sim._companion_change(change))
+            sim._companion_cleanup()
+            if sim.companion_lose_answers > 0:  # applied, and then a proxy answers 503 instead
+                sim.companion_lose_answers -= 1
+                return _json({"code": "service_unavailable", "message": "Simulated proxy failure after PHP ran.",
+                              "data": {"status": 503}}, 503)
+            return _json({"results": results})
+
         # Simulation admin (unauthenticated, JSON) ---------------------------
 
         @app.route("/_sim/products", methods=["POST"])
@@ -1536,6 +1672,15 @@ class WooSim:
                         raise ApiError(400, "sim_unknown_fault", f"Unknown fault {k!r}.")
                     setattr(sim.faults, k, v)
             return _json(msgspec.to_builtins(sim.faults))
+
+        @app.route("/_sim/companion", methods=["GET", "PUT", "POST"])
+        async def sim_companion() -> Response:
+            if request.method != "GET":
+                on = (await sim._body()).get("on")
+                if not isinstance(on, bool):
+                    raise ApiError(400, "sim_bad_companion", 'body must be {"on": true|false}')
+                sim.companion = on
+            return _json({"on": sim.companion, "write_ids": len(sim.companion_writes)})
 
         @app.route("/_sim/stats", methods=["GET"])
         async def sim_stats() -> Response:

@@ -30,7 +30,7 @@ async def clover(nursery):
 
 @pytest.fixture
 async def woo(nursery):
-    sim = WooSim()
+    sim = WooSim(companion=True)  # fully configured: the WordPress companion installed
     sim.add_product("Mug", sku="MUG", stock=3)
     await nursery.start(sim.run)
     return sim
@@ -130,7 +130,8 @@ async def test_everything_configured_passes(setup):
                      f"✓ Clover airport: token valid for merchant {MID_B} (Airport)",
                      "✓ Clover airport inventory: read permission granted",
                      "✓ Clover downtown stock tracking: on", "✓ Clover airport stock after sales: on",
-                     "✓ secret files: none of the 7 file(s)", "✓ state directory:", "✓ runtime directory:"):
+                     "✓ secret files: none of the 7 file(s)", "✓ state directory:", "✓ runtime directory:",
+                     "✓ stock writes: atomic (companion v1.0.0; webhooks asynchronous)"):
         assert expected in text, expected
     # the permission probe wrote nothing
     assert setup.woo.stock_writes == [] and setup.woo.stock(setup.woo.add_product("X", stock=1)) == 1
@@ -303,3 +304,21 @@ async def test_check_config_command_prints_the_lines_and_exits_by_them(setup):
     bad = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     assert bad.returncode == 1
     assert "✗ WooCommerce stock management: off" in bad.stdout.decode()
+
+
+async def test_without_the_companion_stock_writes_are_marked_not_atomic_and_the_check_still_passes(setup):
+    """The companion is optional: its absence is a ✗ with the one-line install, not a failed check."""
+    setup.woo.companion = False
+    checks, _ = await setup.run()
+    [line] = [c.line() for c in checks if c.subject == "stock writes"]
+    assert line == ("✗ stock writes: not atomic: a checkout during a daemon stock write can be lost "
+                    "(fix: copy wordpress/cloverwoo-companion.php into wp-content/mu-plugins/)")
+    assert exit_code(checks) == 0
+    assert sum(not c.ok for c in checks) == 1
+    setup.woo.companion = True
+    async with httpx.AsyncClient(auth=(setup.woo.consumer_key, setup.woo.consumer_secret)) as http:
+        r = await http.post(f"{setup.woo.base_url}/wp-json/wc-cloverwoo/v1/settings", json={"sync_webhooks": True})
+        assert r.status_code == 200 and r.json()["sync_webhooks"] is True
+    checks, _ = await setup.run()
+    assert "✓ stock writes: atomic (companion v1.0.0; webhooks synchronous)" in [c.line() for c in checks]
+    assert (Path(__file__).parents[2] / "wordpress" / "cloverwoo-companion.php").is_file()  # what the fix names

@@ -129,10 +129,11 @@ async def test_gives_up_after_the_last_attempt(nursery):
         with pytest.raises(RemoteError) as info:
             await woo.get_stock(mug)
         assert not isinstance(info.value, PermanentError)
-        with pytest.raises(RemoteError):  # a 503 never ran the write, so it is retried too
+        # a 503 may come from a proxy after PHP ran: an inventory_delta is never sent twice on one
+        with pytest.raises(WriteOutcomeUnknown):
             await woo.apply_deltas([(mug, -1, 1)])
     assert sim.requests[("GET", "/wp-json/wc/v3/products/<int:pid>")] == FAST.max_attempts
-    assert sim.requests[("POST", "/wp-json/wc/v3/products/batch")] == FAST.max_attempts
+    assert sim.requests[("POST", "/wp-json/wc/v3/products/batch")] == 1
 
 
 async def test_a_write_that_timed_out_is_not_sent_again(nursery):
