@@ -652,3 +652,45 @@ def test_realistic_preset_uses_section_9_medians(kind):
     assert {"get_one": 0.050, "put": 0.072}[kind] == getattr(sim.latency, kind)
     assert sim.latency.list_page == 0.257 and sim.latency.batch_item == 0.020
     assert 0 < sim.write_window <= sim.latency.put
+
+
+# --------------------------------------------------------------------------
+# Companion mode (its contract, shared with a real store: tests/real/test_companion.py)
+
+
+async def test_companion_routes_exist_only_in_companion_mode_and_the_admin_route_switches_it(nursery):
+    sim, c = await start(nursery)
+    ref = sim.add_product("Mug", stock=10)
+    root = sim.base_url + "/wp-json/wc-cloverwoo/v1"
+    change = {"changes": [{"write_id": "w-1", "product_id": ref.product_id, "delta": -1}]}
+    async with c, httpx.AsyncClient(base_url=sim.base_url) as admin:
+        r = await c.post(root + "/stock", json=change)
+        assert (r.status_code, r.json()["code"]) == (404, "rest_no_route")
+        assert (await c.post(root + "/stock", json=change, auth=(sim.consumer_key, "cs_bad"))).status_code == 401
+        assert (await admin.put("/_sim/companion", json={"on": "yes"})).status_code == 400
+        assert (await admin.put("/_sim/companion", json={"on": True})).json() == {"on": True, "write_ids": 0}
+        r = await c.post(root + "/stock", json=change)
+        assert r.json()["results"][0] | {} == {"write_id": "w-1", "product_id": ref.product_id, "ok": True,
+                                              "new": True, "delta": -1, "stock": 9,
+                                              "stock_product_id": ref.product_id}
+        assert [w.source for w in sim.stock_writes_for(ref)] == ["companion"]
+    assert sim.stock(ref) == 9
+
+
+async def test_companion_changes_are_atomic_against_a_rest_write_window_but_rest_writes_are_not(nursery):
+    """A REST delta overwrites what lands in its window (the real store does); a companion change never does."""
+    sim, c = await start(nursery, companion=True, write_window=0.2)
+    ref = sim.add_product("Mug", stock=10)
+    async with c:
+        async with trio.open_nursery() as n:
+            n.start_soon(partial(c.put, f"/products/{ref.product_id}", json={"inventory_delta": -1}))
+            await trio.sleep(0.05)  # inside the REST write's window: an order, then a companion change
+            sim.online_order({ref: 1})
+            r = await c.post(sim.base_url + "/wp-json/wc-cloverwoo/v1/stock",
+                             json={"changes": [{"write_id": "w", "product_id": ref.product_id, "delta": -1}]})
+            assert r.json()["results"][0]["stock"] == 8
+        assert sim.stock(ref) == 9  # the REST write saved 10 - 1 over both: two units lost
+        r = await c.post(sim.base_url + "/wp-json/wc-cloverwoo/v1/stock",
+                         json={"changes": [{"write_id": "x", "product_id": ref.product_id, "delta": -1}]})
+        sim.online_order({ref: 1})
+    assert sim.stock(ref) == 7
