@@ -313,8 +313,9 @@ final class Cloverwoo_Companion {
 			)
 		);
 		if ( false === $inserted ) {
+			$wpdb->query( 'ROLLBACK' );
 			delete_option( self::OPT_SCHEMA ); // the table may have been dropped: the next request creates it
-			return self::rollback_with( 'cloverwoo_db_error', 'could not record the write id; nothing was applied' );
+			return array( 'error' => array( 'cloverwoo_db_error', 'could not record the write id; nothing was applied' ) );
 		}
 		if ( 0 === (int) $inserted ) {
 			// Seen before: a locking read gives the committed row even if our snapshot is older.
