@@ -18,7 +18,9 @@ from tests.e2e.daemon_proc import DaemonProc, free_port
 
 async def test_run_logs_every_preflight_check_and_starts_despite_a_failure(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        world = await start_world(nursery, tmp_path / "world", products=2, listen=f"127.0.0.1:{free_port()}")
+        # the WordPress companion installed, so the one failing check is the one this test breaks
+        world = await start_world(nursery, tmp_path / "world", products=2, listen=f"127.0.0.1:{free_port()}",
+                                  woo_companion=True)
         mid = world.locations["downtown"]
         world.clover.merchants[mid].update_stock = False
         daemon = DaemonProc(world.config_path)
