@@ -39,6 +39,7 @@ import httpx
 import trio
 
 from cloverwoo_daemon.core.model import StockChange, WooRef
+from cloverwoo_daemon.io.logs import configure_logging
 from cloverwoo_daemon.io.woocommerce import WooClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,4 +165,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=5.0, help="stock writes per second, and checkouts per second")
+    configure_logging(level="warning", stream=sys.stderr)  # the client's per-batch info lines are not the figures
     trio.run(main, parser.parse_args())
