@@ -327,7 +327,7 @@ class DaemonUnderTest:
                 self.socket = line.split("=", 1)[1].strip().strip('"')
         self.log_path = workdir / "daemon.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = ["-m", "cloverwoo_daemon.cli", "--config", str(self.config_path), "run"]
+        cmd = ["-m", "cloverwoo_daemon.cli", "run", "--config", str(self.config_path)]
         prelude = os.environ.get("BENCH_DAEMON_PRELUDE")  # for experiments: Python run in the daemon first
         if prelude:
             cmd = ["-c", f"{prelude}\nimport sys, runpy\nsys.argv = ['cloverwoo', *{cmd[2:]!r}]\n"

@@ -36,12 +36,40 @@ DEFAULT_CONFIG = "/etc/cloverwoo/cloverwoo.toml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
+def _add_global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--config``, ``--socket`` and ``--json``, accepted before or after any (nested) subcommand.
+
+    Only the top-level parser holds the defaults. argparse copies every
+    attribute a subparser's namespace has over the parent's, defaults
+    included, so a default on a subcommand's copy would silently replace a
+    value given before the subcommand; ``SUPPRESS`` leaves the attribute out
+    unless the option is given there.
+    """
+    if defaults:
+        config: Any = os.environ.get("CLOVERWOO_CONFIG") or DEFAULT_CONFIG
+        socket_path: Any = None
+        as_json: Any = False
+    else:
+        config = socket_path = as_json = argparse.SUPPRESS
+    p.add_argument("--config", metavar="PATH", default=config,
+                   help=f"config file (default: $CLOVERWOO_CONFIG, else {DEFAULT_CONFIG})")
+    p.add_argument("--socket", metavar="PATH", default=socket_path,
+                   help="control socket (default: [control] socket of the config)")
+    p.add_argument("--json", action="store_true", default=as_json, help="machine-readable output")
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Every subcommand's parser (nested ones too: ``add_subparsers`` reuses the class) takes the global options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self, defaults=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloverwoo", description="Clover POS <-> WooCommerce inventory sync daemon")
-    p.add_argument("--config", default=os.environ.get("CLOVERWOO_CONFIG", DEFAULT_CONFIG), help="config file")
-    p.add_argument("--socket", help="control socket (default: [control].socket of the config)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
+    _add_global_options(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     sub.add_parser("run", help="run the daemon (what systemd starts)")
     cc = sub.add_parser("check-config", help="validate the config and credentials files")
@@ -353,7 +381,7 @@ def _exclusions(args: argparse.Namespace) -> int:
             note = "excluded as soon as they are bound" if d["excluded"] else "not bound"
             print(f"  no binding with SKU ({note}): {', '.join(d['not_bound'])}")
         if not d["excluded"] and d["bindings_changed"]:
-            print("  included products are recounted from the source of truth now (cloverwoo log to watch)")
+            print("  included products are recounted from the source of truth now (`cloverwoo log` to watch)")
 
     return _admin(args, ExcludeRequest(skus=tuple(skus), excluded=args.command == "exclude"), show)
 
@@ -503,7 +531,7 @@ def _print_status(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]cloverwoo[/bold] up {data['uptime_s']}s, listening on {data['listen']}, "
+    console.print(f"[bold]cloverwoo-daemon[/bold] up {data['uptime_s']}s, listening on {data['listen']}, "
                   f"{data['bindings']} bindings")
     t = Table(title="actors")
     t.add_column("actor")
