@@ -19,7 +19,6 @@ import io
 import sys
 from pathlib import Path
 
-import pytest
 import trio
 
 from cloverwoo_daemon.sim.harness import start_world

@@ -254,7 +254,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
     if has_version is None:
         others = conn.execute("SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchone()[0]
         if others:
-            raise StoreError("the state file holds tables but no schema_version: it is not a cloverwoo-daemon state file")
+            raise StoreError("the state file holds tables but no schema_version: "
+                             "it is not a cloverwoo-daemon state file")
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
