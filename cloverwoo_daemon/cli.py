@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import trio
 
-from cloverwoo_daemon.config import Config, ConfigError, load_config, load_secrets
+from cloverwoo_daemon.config import Config, ConfigError, check_service_directories, load_config, load_secrets
 from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
@@ -190,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     from cloverwoo_daemon.io.logs import configure_logging
 
     cfg = load_config(args.config)
+    check_service_directories(cfg, os.environ, source=args.config)
     secrets = load_secrets(cfg)
     configure_logging(secrets=secrets.values())
     failed: list[BaseException] = []
@@ -209,6 +210,10 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"✓ {args.config}: valid; {len(cfg.clover.locations)} location(s), mode {cfg.sync.mode}")
     print("✓ secrets: every secret file or variable is present")
     if args.offline:
+        from cloverwoo_daemon.io.preflight import clover_webhook_check
+
+        if not secrets.clover_auth_code:  # expected during set-up, so a note rather than a failure here
+            print(f"  note: {clover_webhook_check(secrets).detail}")
         return EXIT_OK
     return trio.run(_reach_apis, cfg, secrets)
 

@@ -34,6 +34,7 @@ NOT_HERE = {
     ("clover", "connect"): "needs a browser and a real merchant's approval (tests/io/test_clover_oauth.py)",
     ("webhooks", "register"): "needs the public HTTPS address (tests for io/webhook_setup.py)",
     ("log", "--follow"): "runs until interrupted",
+    ("status", "/etc/cloverwoo/shop1.toml"): "an instance of the template unit (tests/test_units_start.py runs one)",
 }
 
 
