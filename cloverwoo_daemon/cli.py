@@ -440,6 +440,35 @@ def _add_clover_parser(sub: Any) -> None:
     con.add_argument("--code", help="the code (or the whole address) Clover redirected to; else asked for")
     con.add_argument("--redirect-uri", default="", help="where Clover sends the merchant after approval "
                                                         "(a path under the app's Site URL)")
+    ver = clsub.add_parser("verify", help="answer Clover's webhook URL verification for a while (running daemon)")
+    ver.add_argument("--minutes", type=float, default=10.0, help="how long to answer it (default 10)")
+    ver.add_argument("--close", action="store_true", help="stop answering it now")
+
+
+def _clover_verify(args: argparse.Namespace) -> int:
+    """Open (or close) the window in which the daemon answers Clover's verification handshake."""
+    from cloverwoo_daemon.messages import CloverVerifyRequest
+
+    def show(d: dict[str, Any]) -> None:
+        if d["window_until"]:
+            until = time.strftime("%H:%M:%S", time.localtime(d["window_until"]))
+            print(f"Clover verification answered until {until}: in the Clover developer dashboard, App Settings > "
+                  "Webhooks, press Send Verification Code; the code shows in `cloverwoo status`")
+        elif d["expected"]:
+            print(f"Clover verification answered: {d['reason']}")
+        else:
+            print("Clover verification not answered (a Clover auth code is configured; no window open)")
+        _print_codes(d["codes"], print)
+
+    return _admin(args, CloverVerifyRequest(minutes=args.minutes, close=args.close), show)
+
+
+def _print_codes(codes: list[dict[str, Any]], out: Any) -> None:
+    for c in codes:
+        first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["first_at"]))
+        again = f", {c['count']} times, last {time.strftime('%H:%M:%S', time.localtime(c['last_at']))}" \
+            if c["count"] > 1 else ""
+        out(f"  verification code {c['code']}  received {first}{again}")
 
 
 def _clover(args: argparse.Namespace) -> int:
@@ -449,6 +478,8 @@ def _clover(args: argparse.Namespace) -> int:
     from cloverwoo_daemon.io.store import StoreError
     from cloverwoo_daemon.ports import RemoteError
 
+    if args.clover_command == "verify":
+        return _clover_verify(args)
     cfg = load_config(args.config)
     loc = next((x for x in cfg.clover.locations if x.name == args.location), None)
     if loc is None:
@@ -564,9 +595,15 @@ def _print_status(data: dict[str, Any]) -> None:
     wh = data["webhooks"]
     for source, ts in sorted(wh["last_event"].items()):
         console.print(f"last {source} event: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))}")
-    if wh.get("clover_verification_code"):
-        console.print(f"[yellow]Clover verification code:[/yellow] {wh['clover_verification_code']} "
-                      "(paste it into the Clover developer dashboard, then Verify)")
+    ver = wh.get("clover_verification") or {}
+    if ver.get("expected"):
+        until = (f" until {time.strftime('%H:%M:%S', time.localtime(ver['window_until']))}"
+                 if ver.get("window_until") else "")
+        console.print(f"[yellow]Clover verification answered{until}[/yellow] ({ver['reason']})")
+    if ver.get("codes"):
+        console.print("[yellow]Clover verification codes[/yellow] (paste the one you just asked for into the "
+                      "Clover developer dashboard, then Verify):")
+        _print_codes(ver["codes"], console.print)
     rec = data["reconcile"]
     every = f"{rec['every_s']:g} s" if rec["every_s"] else "off"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last"])) if rec["last"] else "never"
