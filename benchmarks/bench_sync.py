@@ -131,7 +131,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         prefix = ["-m", "cProfile", "-o", self.profile] if self.profile else []
         self.proc = await trio.lowlevel.open_process(
-            [sys.executable, *prefix, "-m", "cloverwoo_daemon.cli", "--config", str(self.world.config_path), "run"],
+            [sys.executable, *prefix, "-m", "cloverwoo_daemon.cli", "run", "--config", str(self.world.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         with trio.fail_after(timeout):

@@ -73,6 +73,7 @@ from quart_trio import QuartTrio
 from cloverwoo_daemon.actors.intake import Intake
 from cloverwoo_daemon.actors.router import RouteEvent, RouterInput
 from cloverwoo_daemon.core.signatures import woo_signature
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.io.control import DaemonUnreachable, control_call
 from cloverwoo_daemon.io.store import Store
 from cloverwoo_daemon.io.webhooks import WebhookDeps, create_app, serve_webhooks
@@ -189,7 +190,7 @@ async def serve_child(kind: str, intake_name: str, db: str) -> None:
                 await intake.start(nursery)
             app = create_app(WebhookDeps(
                 clover_auth_code=AUTH, woo_webhook_secret=SECRET, max_body_bytes=1 << 20, intake=intake,
-                on_verification_code=lambda code: None, health=lambda: (True, {}), registry=CollectorRegistry(),
+                verification=VerificationGate(configured=True), health=lambda: (True, {}), registry=CollectorRegistry(),
             ))
         url = await nursery.start(partial(serve_webhooks, app, "127.0.0.1:0", shutdown_trigger=stop.wait))
         print(f"URL {url}", flush=True)
@@ -327,7 +328,7 @@ class DaemonUnderTest:
                 self.socket = line.split("=", 1)[1].strip().strip('"')
         self.log_path = workdir / "daemon.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = ["-m", "cloverwoo_daemon.cli", "--config", str(self.config_path), "run"]
+        cmd = ["-m", "cloverwoo_daemon.cli", "run", "--config", str(self.config_path)]
         prelude = os.environ.get("BENCH_DAEMON_PRELUDE")  # for experiments: Python run in the daemon first
         if prelude:
             cmd = ["-c", f"{prelude}\nimport sys, runpy\nsys.argv = ['cloverwoo', *{cmd[2:]!r}]\n"

@@ -45,6 +45,7 @@ from cloverwoo_daemon.config import Config, ConfigError, Secrets, _read_secret, 
 from cloverwoo_daemon.core.alerts import AlertPolicy
 from cloverwoo_daemon.core.merge import MergeConfig
 from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.io import control, systemd, webhooks
 from cloverwoo_daemon.io.clover import AppGate, CloverClient, TokenProvider
 from cloverwoo_daemon.io.clover_oauth import oauth_providers
@@ -150,7 +151,10 @@ async def run_daemon(
         settled_send, settled_recv = trio.open_memory_channel[EventsSettled](10_000)
         shard_chans = [trio.open_memory_channel[ShardCommand](10_000) for _ in range(cfg.sync.shards)]
         lookup_chans = {name: trio.open_memory_channel[LookupOrder](1_000) for name in clovers}
-        health = WebhookHealth()
+        health = WebhookHealth(verification=VerificationGate(configured=bool(secrets.clover_auth_code)))
+        if not secrets.clover_auth_code:
+            log.warning("clover_auth_code_missing", file=cfg.clover.auth_code_file,
+                        detail="Clover deliveries are refused until it is set; the URL verification is answered")
 
         router = Router(RouterDeps(
             store=store,
@@ -286,14 +290,6 @@ async def run_daemon(
             # -- the outside: webhook server, control socket
             intake = Intake(store, router_send, capacity=cfg.server.queue_size)
 
-            def on_code(code: str) -> None:
-                import time as _t
-
-                health.verification_code = code
-                health.verification_received_at = _t.time()
-                log.warning("clover_verification_code", code=code,
-                            hint="paste it into the Clover developer dashboard, then Verify")
-
             def healthy() -> tuple[bool, dict[str, Any]]:
                 ok = supervisor.all_running()
                 return ok, {"actors_running": ok, "bindings": len(table)}
@@ -303,7 +299,7 @@ async def run_daemon(
                 woo_webhook_secret=secrets.woo_webhook_secret,
                 max_body_bytes=cfg.server.max_body_bytes,
                 intake=intake,
-                on_verification_code=on_code,
+                verification=health.verification,
                 health=healthy,
                 registry=metrics.registry,
                 queue_depth=intake.depth,

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import trio
 
-from cloverwoo_daemon.config import Config, ConfigError, load_config, load_secrets
+from cloverwoo_daemon.config import Config, ConfigError, check_service_directories, load_config, load_secrets
 from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
@@ -36,12 +36,40 @@ DEFAULT_CONFIG = "/etc/cloverwoo/cloverwoo.toml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
+def _add_global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--config``, ``--socket`` and ``--json``, accepted before or after any (nested) subcommand.
+
+    Only the top-level parser holds the defaults. argparse copies every
+    attribute a subparser's namespace has over the parent's, defaults
+    included, so a default on a subcommand's copy would silently replace a
+    value given before the subcommand; ``SUPPRESS`` leaves the attribute out
+    unless the option is given there.
+    """
+    if defaults:
+        config: Any = os.environ.get("CLOVERWOO_CONFIG") or DEFAULT_CONFIG
+        socket_path: Any = None
+        as_json: Any = False
+    else:
+        config = socket_path = as_json = argparse.SUPPRESS
+    p.add_argument("--config", metavar="PATH", default=config,
+                   help=f"config file (default: $CLOVERWOO_CONFIG, else {DEFAULT_CONFIG})")
+    p.add_argument("--socket", metavar="PATH", default=socket_path,
+                   help="control socket (default: [control] socket of the config)")
+    p.add_argument("--json", action="store_true", default=as_json, help="machine-readable output")
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Every subcommand's parser (nested ones too: ``add_subparsers`` reuses the class) takes the global options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_global_options(self, defaults=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloverwoo", description="Clover POS <-> WooCommerce inventory sync daemon")
-    p.add_argument("--config", default=os.environ.get("CLOVERWOO_CONFIG", DEFAULT_CONFIG), help="config file")
-    p.add_argument("--socket", help="control socket (default: [control].socket of the config)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
+    _add_global_options(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     sub.add_parser("run", help="run the daemon (what systemd starts)")
     cc = sub.add_parser("check-config", help="validate the config and credentials files")
@@ -162,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     from cloverwoo_daemon.io.logs import configure_logging
 
     cfg = load_config(args.config)
+    check_service_directories(cfg, os.environ, source=args.config)
     secrets = load_secrets(cfg)
     configure_logging(secrets=secrets.values())
     failed: list[BaseException] = []
@@ -181,6 +210,10 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"✓ {args.config}: valid; {len(cfg.clover.locations)} location(s), mode {cfg.sync.mode}")
     print("✓ secrets: every secret file or variable is present")
     if args.offline:
+        from cloverwoo_daemon.io.preflight import clover_webhook_check
+
+        if not secrets.clover_auth_code:  # expected during set-up, so a note rather than a failure here
+            print(f"  note: {clover_webhook_check(secrets).detail}")
         return EXIT_OK
     return trio.run(_reach_apis, cfg, secrets)
 
@@ -353,7 +386,7 @@ def _exclusions(args: argparse.Namespace) -> int:
             note = "excluded as soon as they are bound" if d["excluded"] else "not bound"
             print(f"  no binding with SKU ({note}): {', '.join(d['not_bound'])}")
         if not d["excluded"] and d["bindings_changed"]:
-            print("  included products are recounted from the source of truth now (cloverwoo log to watch)")
+            print("  included products are recounted from the source of truth now (`cloverwoo log` to watch)")
 
     return _admin(args, ExcludeRequest(skus=tuple(skus), excluded=args.command == "exclude"), show)
 
@@ -407,6 +440,35 @@ def _add_clover_parser(sub: Any) -> None:
     con.add_argument("--code", help="the code (or the whole address) Clover redirected to; else asked for")
     con.add_argument("--redirect-uri", default="", help="where Clover sends the merchant after approval "
                                                         "(a path under the app's Site URL)")
+    ver = clsub.add_parser("verify", help="answer Clover's webhook URL verification for a while (running daemon)")
+    ver.add_argument("--minutes", type=float, default=10.0, help="how long to answer it (default 10)")
+    ver.add_argument("--close", action="store_true", help="stop answering it now")
+
+
+def _clover_verify(args: argparse.Namespace) -> int:
+    """Open (or close) the window in which the daemon answers Clover's verification handshake."""
+    from cloverwoo_daemon.messages import CloverVerifyRequest
+
+    def show(d: dict[str, Any]) -> None:
+        if d["window_until"]:
+            until = time.strftime("%H:%M:%S", time.localtime(d["window_until"]))
+            print(f"Clover verification answered until {until}: in the Clover developer dashboard, App Settings > "
+                  "Webhooks, press Send Verification Code; the code shows in `cloverwoo status`")
+        elif d["expected"]:
+            print(f"Clover verification answered: {d['reason']}")
+        else:
+            print("Clover verification not answered (a Clover auth code is configured; no window open)")
+        _print_codes(d["codes"], print)
+
+    return _admin(args, CloverVerifyRequest(minutes=args.minutes, close=args.close), show)
+
+
+def _print_codes(codes: list[dict[str, Any]], out: Any) -> None:
+    for c in codes:
+        first = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["first_at"]))
+        again = f", {c['count']} times, last {time.strftime('%H:%M:%S', time.localtime(c['last_at']))}" \
+            if c["count"] > 1 else ""
+        out(f"  verification code {c['code']}  received {first}{again}")
 
 
 def _clover(args: argparse.Namespace) -> int:
@@ -416,6 +478,8 @@ def _clover(args: argparse.Namespace) -> int:
     from cloverwoo_daemon.io.store import StoreError
     from cloverwoo_daemon.ports import RemoteError
 
+    if args.clover_command == "verify":
+        return _clover_verify(args)
     cfg = load_config(args.config)
     loc = next((x for x in cfg.clover.locations if x.name == args.location), None)
     if loc is None:
@@ -503,7 +567,7 @@ def _print_status(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]cloverwoo[/bold] up {data['uptime_s']}s, listening on {data['listen']}, "
+    console.print(f"[bold]cloverwoo-daemon[/bold] up {data['uptime_s']}s, listening on {data['listen']}, "
                   f"{data['bindings']} bindings")
     t = Table(title="actors")
     t.add_column("actor")
@@ -531,9 +595,15 @@ def _print_status(data: dict[str, Any]) -> None:
     wh = data["webhooks"]
     for source, ts in sorted(wh["last_event"].items()):
         console.print(f"last {source} event: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))}")
-    if wh.get("clover_verification_code"):
-        console.print(f"[yellow]Clover verification code:[/yellow] {wh['clover_verification_code']} "
-                      "(paste it into the Clover developer dashboard, then Verify)")
+    ver = wh.get("clover_verification") or {}
+    if ver.get("expected"):
+        until = (f" until {time.strftime('%H:%M:%S', time.localtime(ver['window_until']))}"
+                 if ver.get("window_until") else "")
+        console.print(f"[yellow]Clover verification answered{until}[/yellow] ({ver['reason']})")
+    if ver.get("codes"):
+        console.print("[yellow]Clover verification codes[/yellow] (paste the one you just asked for into the "
+                      "Clover developer dashboard, then Verify):")
+        _print_codes(ver["codes"], console.print)
     rec = data["reconcile"]
     every = f"{rec['every_s']:g} s" if rec["every_s"] else "off"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last"])) if rec["last"] else "never"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -149,7 +150,7 @@ class Secrets(msgspec.Struct, frozen=True):
     woo_consumer_key: str
     woo_consumer_secret: str
     woo_webhook_secret: str
-    clover_auth_code: str
+    clover_auth_code: str  # "": not configured yet (Clover deliveries refused, verification handshake answered)
     clover_tokens: dict[str, str]  # location name -> token (static-token locations only)
     clover_client_secrets: dict[str, str] = msgspec.field(default_factory=dict)  # OAuth locations: name -> secret
 
@@ -256,15 +257,49 @@ def _check(cfg: Config) -> None:
         raise ConfigError("clover.base_url: must start with http:// or https://")
 
 
+def check_service_directories(cfg: Config, env: Mapping[str, str], *, source: str) -> None:
+    """Refuse, under systemd, a state file or control socket outside the unit's own directories.
+
+    ``ProtectSystem=strict`` leaves only ``StateDirectory=`` and
+    ``RuntimeDirectory=`` writable (systemd passes them as
+    ``$STATE_DIRECTORY`` / ``$RUNTIME_DIRECTORY``, colon-separated when
+    several). A path elsewhere would fail later as a bare PermissionError,
+    and for a template instance the defaults are another directory than its
+    own. The paths are not derived from those variables instead: the admin
+    commands run outside the unit and find the socket and state file through
+    the config alone. Nothing is checked when the variables are unset.
+    """
+    outside: list[str] = []  # "state.path = /var/lib/cloverwoo/state.sqlite3"
+    settings: list[str] = []  # '[state] path = "/var/lib/cloverwoo/shop1/state.sqlite3"'
+    allowed: list[str] = []
+    for section, name, value, variable in (("state", "path", cfg.state.path, "STATE_DIRECTORY"),
+                                           ("control", "socket", cfg.control.socket, "RUNTIME_DIRECTORY")):
+        dirs = [Path(d) for d in env.get(variable, "").split(":") if d]
+        if not dirs:
+            continue
+        allowed.append(str(dirs[0]))
+        path = Path(os.path.abspath(value))
+        if not any(d in path.parents for d in dirs):
+            outside.append(f"{section}.{name} = {value}")
+            settings.append(f'[{section}] {name} = "{dirs[0] / path.name}"')
+    if outside:
+        verb = "is" if len(outside) == 1 else "are"
+        raise ConfigError(f"{source}: {' and '.join(outside)} {verb} outside the directories the systemd unit lets the "
+                          f"daemon write ({', '.join(allowed)}); set {' and '.join(settings)}")
+
+
 def _env_name(key: str) -> str:
     return "CLOVERWOO_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
-def _read_secret(key: str, file_value: str, *, required: bool = True, env_name: str | None = None) -> str:
+def _read_secret(key: str, file_value: str, *, required: bool = True, env_name: str | None = None,
+                 may_be_empty: bool = False) -> str:
     """A secret from ``CLOVERWOO_<KEY>`` or from the file named by ``<key>_file``.
 
     A relative file name is looked up in ``$CREDENTIALS_DIRECTORY`` first
-    (systemd ``LoadCredential=``).
+    (systemd ``LoadCredential=``). ``may_be_empty``: an empty file is a
+    deliberate "not yet" (the file must exist for ``LoadCredential=``) and
+    reads as "".
     """
     env_name = env_name or _env_name(key)
     env = os.environ.get(env_name)
@@ -284,7 +319,7 @@ def _read_secret(key: str, file_value: str, *, required: bool = True, env_name: 
         raise ConfigError(f"{key}_file: {file_value} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"{key}_file: cannot read {file_value}: {exc.strerror}") from None
-    if not value:
+    if not value and not may_be_empty:
         raise ConfigError(f"{key}_file: {file_value} is empty")
     return value
 
@@ -306,7 +341,8 @@ def load_secrets(cfg: Config) -> Secrets:
         woo_consumer_key=_read_secret("woocommerce.consumer_key", cfg.woocommerce.consumer_key_file),
         woo_consumer_secret=_read_secret("woocommerce.consumer_secret", cfg.woocommerce.consumer_secret_file),
         woo_webhook_secret=_read_secret("woocommerce.webhook_secret", cfg.woocommerce.webhook_secret_file),
-        clover_auth_code=_read_secret("clover.auth_code", cfg.clover.auth_code_file),
+        # Empty until the webhook URL is verified in Clover's dashboard: the handshake is answered meanwhile.
+        clover_auth_code=_read_secret("clover.auth_code", cfg.clover.auth_code_file, may_be_empty=True),
         clover_tokens=tokens,
         clover_client_secrets=client_secrets,
     )

@@ -217,6 +217,16 @@ class ModeRequest(msgspec.Struct, frozen=True, tag="mode"):
     mode: str
 
 
+# -- Clover's webhook URL verification
+
+
+class CloverVerifyRequest(msgspec.Struct, frozen=True, tag="clover_verify"):
+    """`cloverwoo clover verify`: answer Clover's verification handshake for ``minutes`` (or stop: ``close``)."""
+
+    minutes: float = 10.0
+    close: bool = False
+
+
 
 ControlRequest = (
     StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
@@ -224,6 +234,7 @@ ControlRequest = (
     | ThresholdRequest | OutOfStockRequest | DashboardRequest
     | ExcludeRequest
     | ModeRequest
+    | CloverVerifyRequest
 )
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cloverwoo_daemon.config import ConfigError, load_config, load_secrets, parse_config, parse_duration
+from cloverwoo_daemon.config import (
+    ConfigError,
+    check_service_directories,
+    load_config,
+    load_secrets,
+    parse_config,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "cloverwoo.example.toml"
@@ -133,3 +140,63 @@ def test_check_config_offline_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "sync.shard: unknown key" in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+def test_an_empty_clover_auth_code_file_means_not_configured_yet(tmp_path: Path) -> None:
+    write_secrets(tmp_path)
+    (tmp_path / "auth").write_text("")  # the file exists (LoadCredential= needs it) and says "not yet"
+    assert load_secrets(parse_config(MINIMAL.format(d=tmp_path))).clover_auth_code == ""
+    (tmp_path / "auth").unlink()  # a missing file is still a mistake worth stopping for
+    with pytest.raises(ConfigError, match="clover.auth_code_file: .*/auth does not exist"):
+        load_secrets(parse_config(MINIMAL.format(d=tmp_path)))
+
+
+INSTANCE_DIRS = {"STATE_DIRECTORY": "/var/lib/cloverwoo/shop1", "RUNTIME_DIRECTORY": "/run/cloverwoo/shop1"}
+
+
+def test_service_directories_unchecked_outside_systemd(tmp_path: Path) -> None:
+    cfg = parse_config(MINIMAL.format(d=tmp_path))
+    check_service_directories(cfg, {}, source="c.toml")  # the admin CLI, tests: any path
+
+
+def test_default_paths_fit_the_single_unit(tmp_path: Path) -> None:
+    cfg = parse_config(MINIMAL.format(d=tmp_path))
+    check_service_directories(cfg, {"STATE_DIRECTORY": "/var/lib/cloverwoo", "RUNTIME_DIRECTORY": "/run/cloverwoo"},
+                              source="c.toml")
+
+
+def test_default_paths_refused_in_a_template_instance_naming_the_keys(tmp_path: Path) -> None:
+    cfg = parse_config(MINIMAL.format(d=tmp_path))
+    with pytest.raises(ConfigError) as info:
+        check_service_directories(cfg, INSTANCE_DIRS, source="/etc/cloverwoo/shop1.toml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("/etc/cloverwoo/shop1.toml: state.path = /var/lib/cloverwoo/state.sqlite3 and "
+                          "control.socket = /run/cloverwoo/control.sock are outside")
+    assert ('set [state] path = "/var/lib/cloverwoo/shop1/state.sqlite3" and '
+            '[control] socket = "/run/cloverwoo/shop1/control.sock"') in msg
+
+
+def test_instance_paths_accepted_and_each_key_judged_alone(tmp_path: Path) -> None:
+    text = MINIMAL.format(d=tmp_path) + '\n[state]\npath = "/var/lib/cloverwoo/shop1/state.sqlite3"\n'
+    with pytest.raises(ConfigError) as info:
+        check_service_directories(parse_config(text), INSTANCE_DIRS, source="c.toml")
+    assert "state.path" not in str(info.value) and "control.socket = /run/cloverwoo/control.sock is outside" in str(
+        info.value)
+    text += '\n[control]\nsocket = "/run/cloverwoo/shop1/control.sock"\n'
+    check_service_directories(parse_config(text), INSTANCE_DIRS, source="c.toml")
+    sneaky = text.replace("/var/lib/cloverwoo/shop1/state", "/var/lib/cloverwoo/shop1/../shop2/state")
+    with pytest.raises(ConfigError, match="state.path"):
+        check_service_directories(parse_config(sneaky), INSTANCE_DIRS, source="c.toml")
+
+
+def test_run_refuses_paths_outside_the_unit_directories_with_exit_2(tmp_path: Path) -> None:
+    write_secrets(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(MINIMAL.format(d=tmp_path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOVERWOO_")} | INSTANCE_DIRS
+    proc = subprocess.run([sys.executable, "-m", "cloverwoo_daemon.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "[state] path" in proc.stderr and "[control] socket" in proc.stderr
+    assert not Path("/var/lib/cloverwoo/state.sqlite3").exists()

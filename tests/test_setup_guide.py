@@ -1,7 +1,9 @@
 """docs/SETUP.md cannot rot: every `cloverwoo ...` command in it parses, and the runnable ones run as written.
 
 1. Every command line (code blocks, and inline code in the prose) is parsed
-   by the CLI's own argparse parser: a renamed subcommand or flag fails here.
+   by the CLI's own argparse parser: a renamed subcommand or flag fails
+   ``tests/test_command_lines.py``, which reads every document the same way
+   (``tests/command_lines.py``).
 2. The commands that need no real store, browser or public address are run,
    in the guide's order, as subprocesses against the simulated stores and a
    daemon started the way systemd starts it (``cloverwoo run``), with
@@ -14,21 +16,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import shlex
 import sys
 from pathlib import Path
 
-import pytest
 import trio
 
-from cloverwoo_daemon.cli import _parser
 from cloverwoo_daemon.sim.harness import start_world
+from tests.command_lines import markdown_commands
 from tests.e2e.daemon_proc import REPO, DaemonProc, daemon_env, free_port
 
 GUIDE = REPO / "docs" / "SETUP.md"
-_ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
-_INLINE = re.compile(r"`([^`\n]*\bcloverwoo [^`\n]*)`")
 
 # Commands that cannot run here, and why. Anything else in the guide must run.
 NOT_HERE = {
@@ -37,43 +34,13 @@ NOT_HERE = {
     ("clover", "connect"): "needs a browser and a real merchant's approval (tests/io/test_clover_oauth.py)",
     ("webhooks", "register"): "needs the public HTTPS address (tests for io/webhook_setup.py)",
     ("log", "--follow"): "runs until interrupted",
+    ("status", "/etc/cloverwoo/shop1.toml"): "an instance of the template unit (tests/test_units_start.py runs one)",
 }
-
-
-def _argv(text: str) -> tuple[dict[str, str], list[str]] | None:
-    """(environment assignments, argv after `cloverwoo`) of one shell command, or None if not a cloverwoo one."""
-    words = shlex.split(text, comments=True)
-    env: dict[str, str] = {}
-    while words and _ENV.match(words[0]):
-        k, _, v = words.pop(0).partition("=")
-        env[k] = v
-    if words[:2] == ["sudo", "-u"]:
-        words = words[3:]
-    if not words or not (words[0] == "cloverwoo" or words[0].endswith("/bin/cloverwoo")):
-        return None
-    return env, words[1:]
 
 
 def guide_commands() -> list[tuple[str, dict[str, str], list[str]]]:
     """Every cloverwoo command of the guide, in order: (the text, env assignments, argv)."""
-    found: list[tuple[str, dict[str, str], list[str]]] = []
-    in_code = False
-    lang = ""
-    for line in GUIDE.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            in_code, lang = not in_code, line[3:].strip()
-            continue
-        if in_code:
-            if lang:  # toml, nginx, Caddyfile...: not shell
-                continue
-            snippets = [part.strip() for part in line.split("&&")]
-        else:
-            snippets = _INLINE.findall(line)
-        for snippet in snippets:
-            parsed = _argv(snippet) if snippet else None
-            if parsed is not None:
-                found.append((snippet, *parsed))
-    return found
+    return [(c.text, c.env, c.argv) for c in markdown_commands(GUIDE)]
 
 
 def test_the_guide_has_the_steps_that_matter() -> None:
@@ -82,14 +49,6 @@ def test_the_guide_has_the_steps_that_matter() -> None:
     for needed in [("check-config",), ("clover", "connect"), ("webhooks", "register"), ("status",),
                    ("sync", "import"), ("exclude",), ("include",), ("log",), ("conflicts",), ("run",)]:
         assert needed in subcommands, f"docs/SETUP.md no longer shows `cloverwoo {' '.join(needed)}`"
-
-
-@pytest.mark.parametrize("text,env,argv", guide_commands(), ids=lambda v: v if isinstance(v, str) else "")
-def test_every_guide_command_parses(text: str, env: dict[str, str], argv: list[str]) -> None:
-    try:
-        _parser().parse_args(argv)
-    except SystemExit as exc:
-        pytest.fail(f"docs/SETUP.md: `{text}` is not a valid cloverwoo command (argparse exit {exc.code})")
 
 
 def _not_here(argv: list[str]) -> str | None:

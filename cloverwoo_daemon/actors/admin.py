@@ -25,7 +25,9 @@ from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.core import csv_rows
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.messages import (
+    CloverVerifyRequest,
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
@@ -48,11 +50,10 @@ from cloverwoo_daemon.ports import StorePort
 
 @dataclass
 class WebhookHealth:
-    """Last delivery per source, and the Clover verification code waiting to be pasted."""
+    """Last delivery per source, and Clover's verification handshake (its window, the codes received)."""
 
     last_event: dict[str, float] = field(default_factory=dict)  # source -> unix time
-    verification_code: str | None = None
-    verification_received_at: float | None = None
+    verification: VerificationGate = field(default_factory=lambda: VerificationGate(configured=True))
 
     def saw(self, source: str) -> None:
         self.last_event[source] = time.time()
@@ -116,6 +117,8 @@ class Admin:
                 if mode not in MODES:
                     return ControlResponse(ok=False, error=f"unknown mode {mode!r} (one of {', '.join(MODES)})")
                 return self._start_job("mode", lambda: self.jobs.start("mode", mode=mode))
+            case CloverVerifyRequest(minutes=minutes, close=close):
+                return self._clover_verify(minutes, close)
             case JobRequest(follow=follow):
                 cur = self.jobs.current
                 if cur is not None and follow:
@@ -124,6 +127,17 @@ class Admin:
                         "last": {k: msgspec.to_builtins(v) for k, v in self.jobs.last.items()}}
                 return ControlResponse(ok=True, data=data)
         return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
+
+    def _clover_verify(self, minutes: float, close: bool) -> ControlResponse:
+        gate = self.webhooks.verification
+        now = time.time()
+        if close:
+            gate.close_window()
+        elif not 0 < minutes <= 24 * 60:
+            return ControlResponse(ok=False, error=f"--minutes must be between 0 and 1440, not {minutes:g}")
+        else:
+            gate.open_window(now, minutes * 60.0)
+        return ControlResponse(ok=True, data=gate.summary(now))
 
     # ------------------------------------------------------------------ thresholds, out of stock, dashboard
 
@@ -321,7 +335,7 @@ class Admin:
             "woocommerce_poll": asdict(self.woo_poller.status),
             "webhooks": {
                 "last_event": self.webhooks.last_event,
-                "clover_verification_code": self.webhooks.verification_code,
+                "clover_verification": self.webhooks.verification.summary(time.time()),
             },
             "reconcile": {"every_s": self.reconcile_every, "last": max(
                 (j.finished_at for k, j in self.jobs.last.items()

@@ -391,5 +391,16 @@ async def run_preflight(
                                 "see the state directory check below"))
     else:
         await clovers(None)
+    checks.append(clover_webhook_check(secrets))
     checks += file_checks(cfg)
     return checks
+
+
+def clover_webhook_check(secrets: Secrets) -> Check:
+    """Whether Clover deliveries can be authenticated: an empty auth code file means the URL is not verified yet."""
+    if secrets.clover_auth_code:
+        return Check(True, "Clover webhooks", "Clover Auth Code set: deliveries are authenticated")
+    return Check(False, "Clover webhooks", "no Clover Auth Code yet (clover.auth_code_file is empty): every Clover "
+                 "delivery is refused and the URL verification is answered",
+                 "verify the webhook URL in the Clover dashboard, put the Clover Auth Code it then shows in the "
+                 "file and restart (docs/SETUP.md, step 8)")

@@ -254,7 +254,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
     if has_version is None:
         others = conn.execute("SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchone()[0]
         if others:
-            raise StoreError("the state file holds tables but no schema_version: it is not a cloverwoo state file")
+            raise StoreError("the state file holds tables but no schema_version: "
+                             "it is not a cloverwoo-daemon state file")
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -266,8 +267,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
     (found,) = conn.execute("SELECT version FROM schema_version").fetchone()
     if found > len(migrations):
         raise SchemaTooNew(
-            f"the state file is at schema version {found}, newer than this build of cloverwoo knows "
-            f"(up to {len(migrations)}); upgrade cloverwoo or restore a backup taken before the upgrade"
+            f"the state file is at schema version {found}, newer than this build of cloverwoo-daemon knows "
+            f"(up to {len(migrations)}); upgrade cloverwoo-daemon or restore a backup taken before the upgrade"
         )
     for version in range(found, len(migrations)):
         conn.execute("BEGIN IMMEDIATE")

@@ -7,6 +7,9 @@ Rules this module keeps:
   ``{"verificationCode": ...}`` handshake (sent before the auth code exists)
   and WooCommerce's ``webhook_id=N`` ping (sent unsigned), both recognised by
   narrow shapes in ``core.webhook_parse`` and answered 200 without storing.
+  The handshake is answered only while ``core.verification`` says one is
+  expected (no auth code yet, or a window the admin opened), rate-limited
+  (429), and otherwise refused 401 like any unauthenticated body.
   An unauthenticated body is never parsed beyond those shapes, so a hostile
   sender only ever costs a size-limited read and one regex.
 - 200 means durably stored: a delivery is acknowledged only after
@@ -20,20 +23,27 @@ Rules this module keeps:
   and the body stream is counted while it is read, so a chunked body is cut
   off at the limit, never buffered whole.
 - Never a 500: every route catches what it can raise and answers 400, 401,
-  413 or 503; app-wide handlers map anything that escapes anyway (including
-  ``msgspec.ValidationError``) to 400/503.
+  413, 429 or 503; app-wide handlers map anything that escapes anyway
+  (including ``msgspec.ValidationError``) to 400/503.
+- Every refusal is logged (``webhook_refused``: source, status, reason,
+  remote address and ``X-Forwarded-For``; never the body nor a header
+  value that could be a secret), throttled per source and status by
+  ``core.log_throttle``: the first ``REFUSALS_LOGGED`` a minute, then one
+  ``webhook_refused_suppressed`` line with the count.
 
 Status codes: 200 stored or duplicate (the store dedups on the key), or ping,
-handshake, or a topic we ignore; 400 malformed; 401 authentication failed;
-405/404 wrong method or path; 408 body too slow; 413 too large; 503 overloaded
-or not stored. Each delivery's outcome is also reported to ``on_received``
-with a result from ``io.metrics.EVENT_RESULTS`` (accepted and duplicate count
-events, every other result counts the delivery once).
+handshake, or a topic we ignore; 400 malformed; 401 authentication failed (or
+a handshake nobody expects); 405/404 wrong method or path; 408 body too slow;
+413 too large; 429 too many handshakes; 503 overloaded or not stored. Each
+delivery's outcome is also reported to ``on_received`` with a result from
+``io.metrics.EVENT_RESULTS`` (accepted and duplicate count events, every other
+result counts the delivery once; a refused handshake counts as rejected_auth).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,7 +60,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from cloverwoo_daemon.core.log_throttle import LogThrottle, Suppressed
 from cloverwoo_daemon.core.signatures import verify_clover_auth, verify_woo_signature
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.core.webhook_parse import (
     CloverVerification,
     MalformedPayload,
@@ -72,9 +84,13 @@ HANDSHAKE_MAX_BYTES = 1024
 PING_MAX_BYTES = 64
 BODY_TIMEOUT = 30.0
 """Seconds to receive a whole body; a sender trickling bytes gets 408 (hypercorn's own timeouts cover headers)."""
+_REFUSALS = "cloverwoo.refusals"
 METRICS_REFRESH_TIMEOUT = 2.0
 """Seconds ``before_metrics`` may take; past that the scrape is answered with the values it had."""
-_REFUSED = {400: "malformed", 401: "rejected_auth", 408: "timeout", 413: "too_large"}
+_REFUSED = {400: "malformed", 401: "rejected_auth", 408: "timeout", 413: "too_large", 429: "rejected_auth"}
+REFUSALS_LOGGED = 5
+"""Refused deliveries logged per source and status each minute; the rest are counted in one line."""
+REFUSAL_WINDOW = 60.0
 
 
 class Intake(Protocol):
@@ -93,11 +109,11 @@ class Intake(Protocol):
 class WebhookDeps:
     """Everything the HTTP app needs from the rest of the daemon."""
 
-    clover_auth_code: str  # empty: Clover deliveries are all refused (401), the handshake still works
+    clover_auth_code: str  # empty: Clover deliveries are all refused (401), the handshake is expected
     woo_webhook_secret: str  # empty: Woo deliveries are all refused (401), the ping still works
     max_body_bytes: int
     intake: Intake
-    on_verification_code: Callable[[str], None]  # shown by `cloverwoo status` for the admin to paste
+    verification: VerificationGate  # the handshake's gate; its codes are shown by `cloverwoo status`
     health: Callable[[], tuple[bool, dict[str, Any]]]  # (healthy, detail) for /healthz
     registry: CollectorRegistry  # metrics are registered here: use one registry per app
     queue_depth: Callable[[], float] | None = None  # intake queue depth, read at scrape time
@@ -138,13 +154,50 @@ class _Outcome:
 
 
 class _Answer(Exception):
-    """Ends a request early with a status; raised inside the handlers, never out of them."""
+    """Ends a request early with a status; raised inside the handlers, never out of them.
 
-    def __init__(self, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+    ``why`` is what the log says when it must say more than the sender is told.
+    """
+
+    def __init__(self, status: int, error: str, headers: dict[str, str] | None = None, *, why: str = "") -> None:
         super().__init__(error)
         self.status = status
         self.error = error
         self.headers = headers or {}
+        self.why = why or error
+
+
+class _RefusalLog:
+    """``webhook_refused`` lines, throttled per (source, status); the counts left over are logged when due."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.throttle = LogThrottle(limit=REFUSALS_LOGGED, window=REFUSAL_WINDOW)
+        self.clock = clock
+
+    def refused(self, source: str, status: int, reason: str, remote: str | None, forwarded: str | None) -> None:
+        admitted, ended = self.throttle.admit((source, status), self.clock())
+        self._report(ended)
+        if admitted:
+            fields: dict[str, Any] = {"source": source, "status": status, "reason": reason[:200],
+                                      "remote": remote or "unknown"}
+            if forwarded:
+                fields["forwarded_for"] = forwarded[:100]
+            log.warning("webhook_refused", **fields)
+
+    def _report(self, counts: list[Suppressed]) -> None:
+        for c in counts:
+            source, status = c.key  # type: ignore[misc]
+            log.warning("webhook_refused_suppressed", source=source, status=status, suppressed=c.count,
+                        seconds=round(c.seconds, 1), hint="see cloverwoo_webhook_deliveries in /metrics")
+
+    async def run(self) -> None:
+        """Report the counts of windows that ended, while the server runs."""
+        while True:
+            await trio.sleep(REFUSAL_WINDOW / 6)
+            self._report(self.throttle.expire(self.clock()))
+
+    def close(self) -> None:
+        self._report(self.throttle.drain(self.clock()))
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -179,6 +232,8 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = deps.max_body_bytes
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     metrics = _Metrics(deps)
+    refusals = _RefusalLog()
+    app.extensions[_REFUSALS] = refusals  # serve_webhooks runs its timer and flushes it at the end
 
     async def store(source: str, items: list[tuple[str, InboundEvent]], out: _Outcome) -> None:
         if not items:
@@ -205,23 +260,30 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
                 except MalformedPayload:
                     parsed = None
                 if isinstance(parsed, CloverVerification):
-                    return verification(parsed.code)
+                    return verification(parsed.code, authenticated=False)
             raise _Answer(401, "authentication failed")
         try:
             parsed = parse_clover(body)
         except MalformedPayload as exc:
             raise _Answer(400, exc.reason) from None
         if isinstance(parsed, CloverVerification):
-            return verification(parsed.code)
+            return verification(parsed.code, authenticated=True)
         await store("clover", [(key, change) for key, change in parsed.items], out)
         return {"ok": True, "events": len(parsed.items)}
 
-    def verification(code: str) -> dict[str, Any]:
-        log.warning("clover_verification_code", code=code, hint="paste it into the Clover dashboard")
-        try:
-            deps.on_verification_code(code)
-        except Exception as exc:  # noqa: BLE001
-            log.error("verification_callback_failed", error=f"{type(exc).__name__}: {exc}")
+    def verification(code: str, *, authenticated: bool) -> dict[str, Any]:
+        decision = deps.verification.offer(code, time.time(), authenticated=authenticated)
+        match decision.answer:
+            case "closed":
+                raise _Answer(401, "authentication failed",
+                              why="Clover verification not expected (open a window: cloverwoo clover verify)")
+            case "throttled":
+                retry = str(max(1, math.ceil(decision.retry_after)))
+                raise _Answer(429, "too many verification attempts", {"Retry-After": retry})
+            case "new":  # once per code; a repeat only counts (status shows it)
+                log.warning("clover_verification_code", code=code, remote=request.remote_addr,
+                            hint="paste it into the Clover developer dashboard, then Verify; "
+                                 "`cloverwoo status` lists every code received")
         return {"ok": True}
 
     async def woo(out: _Outcome) -> dict[str, Any]:
@@ -270,21 +332,26 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
         async def endpoint() -> Response:
             start = time.perf_counter()
             out = _Outcome()
-            error = ""
+            error = why = ""
             try:
                 response = _json(200, await handler(out))
             except _Answer as answer:
-                error = answer.error
+                error, why = answer.error, answer.why
                 response = _json(answer.status, {"ok": False, "error": answer.error}, answer.headers)
             except msgspec.ValidationError as exc:
+                error = why = str(exc)
                 response = _json(400, {"ok": False, "error": str(exc)})
             except Exception as exc:  # noqa: BLE001 - never a 500 for any input
                 log.error("webhook_handler_failed", source=source, error=f"{type(exc).__name__}: {exc}",
                           exc_info=exc)
+                error = why = "internal error"
                 response = _json(503, {"ok": False, "error": "internal error"}, {"Retry-After": "5"})
             metrics.deliveries.labels(source, str(response.status_code)).inc()
             metrics.ack.labels(source).observe(time.perf_counter() - start)
             received(source, response.status_code, error, out)
+            if response.status_code != 200:
+                refusals.refused(source, response.status_code, why, request.remote_addr,
+                                 request.headers.get("X-Forwarded-For"))
             return response
 
         endpoint.__name__ = f"webhook_{source}"
@@ -366,4 +433,13 @@ async def serve_webhooks(
     kwargs: dict[str, Any] = {}
     if shutdown_trigger is not None:
         kwargs["shutdown_trigger"] = shutdown_trigger
-    await serve(app, _hyper_config(listen), task_status=_Status(), **kwargs)
+    refusals: _RefusalLog | None = app.extensions.get(_REFUSALS)
+    try:
+        async with trio.open_nursery() as nursery:
+            if refusals is not None:
+                nursery.start_soon(refusals.run)
+            await serve(app, _hyper_config(listen), task_status=_Status(), **kwargs)
+            nursery.cancel_scope.cancel()
+    finally:
+        if refusals is not None:
+            refusals.close()  # the counts still open: nothing refused goes unreported

@@ -1,7 +1,12 @@
-"""The daemon as a real subprocess, as systemd starts it: ``python -m cloverwoo_daemon.cli --config X run``.
+"""The daemon as a real subprocess, started as the systemd units start it: ``cloverwoo run --config X``.
 
 Rules this helper keeps:
 
+- The command line is the units' ``ExecStart`` (``cloverwoo run --config
+  X``), run by the console script of the interpreter running the tests (the
+  venv's ``bin/cloverwoo``, as the units run ``/opt/cloverwoo/.venv/bin/
+  cloverwoo``); ``python -m cloverwoo_daemon.cli`` with the same arguments
+  only where no script is installed next to the interpreter.
 - stdout and stderr are pipes, never a tty, so the daemon logs JSON lines
   (io/logs.py). Every byte of both streams is kept, across restarts, for the
   tests that scan output (secrets); stdout lines that parse as JSON objects
@@ -46,6 +51,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cloverwoo_command() -> list[str]:
+    """How to run ``cloverwoo``: the installed console script, else the module with this interpreter."""
+    script = Path(sys.executable).parent / "cloverwoo"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cloverwoo_daemon.cli"]
 
 
 def daemon_env() -> dict[str, str]:
@@ -138,7 +149,7 @@ class DaemonProc:
         self.runs += 1
         run = self.runs
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cloverwoo_daemon.cli", "--config", str(self.config_path), "run"],
+            [*cloverwoo_command(), "run", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=str(REPO), env=daemon_env(),
         )

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.io.metrics import TRIGGER_KINDS, Metrics, trigger_kind
 from cloverwoo_daemon.io.webhooks import WebhookDeps, create_app
 
@@ -72,7 +73,7 @@ def test_every_series_is_documented_and_every_documented_one_exists() -> None:
         return None
 
     create_app(WebhookDeps(clover_auth_code="a", woo_webhook_secret="s", max_body_bytes=1024,
-                           intake=SimpleNamespace(accept=accept), on_verification_code=lambda code: None,
+                           intake=SimpleNamespace(accept=accept), verification=VerificationGate(configured=True),
                            health=lambda: (True, {}), registry=m.registry))
     exposed = {f.name + ("_total" if f.type == "counter" else "") for f in m.registry.collect()}
     table = (Path(__file__).resolve().parents[2] / "docs" / "METRICS.md").read_text()

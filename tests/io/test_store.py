@@ -313,7 +313,7 @@ async def test_a_foreign_file_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE customers (id)")
     conn.close()
-    with pytest.raises(StoreError, match="not a cloverwoo state file"):
+    with pytest.raises(StoreError, match="not a cloverwoo-daemon state file"):
         await Store(str(db)).run()
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"this is not a database" * 100)

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -20,13 +21,15 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge
+from structlog.testing import capture_logs
 
 from cloverwoo_daemon.actors.intake import Intake
 from cloverwoo_daemon.actors.router import RouterInput
 from cloverwoo_daemon.core.model import WooRef
 from cloverwoo_daemon.core.signatures import woo_signature
+from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.io.store import Store
-from cloverwoo_daemon.io.webhooks import Overloaded, WebhookDeps, create_app, serve_webhooks
+from cloverwoo_daemon.io.webhooks import REFUSALS_LOGGED, Overloaded, WebhookDeps, create_app, serve_webhooks
 from cloverwoo_daemon.messages import CloverChange, InboundEvent, WooChange
 
 AUTH = "0307e264-b33a-4913-88aa-37b10014a0b8"
@@ -63,19 +66,23 @@ class RecordingIntake:
 @dataclass
 class Harness:
     intake: RecordingIntake
-    codes: list[str]
+    gate: VerificationGate
     healthy: list[bool]
     client: httpx.AsyncClient
     url: str
 
+    @property
+    def codes(self) -> list[str]:
+        return [c.code for c in self.gate.codes]
 
-def make_deps(intake: RecordingIntake, codes: list[str], healthy: list[bool]) -> WebhookDeps:
+
+def make_deps(intake: RecordingIntake, gate: VerificationGate | None, healthy: list[bool]) -> WebhookDeps:
     return WebhookDeps(
         clover_auth_code=AUTH,
         woo_webhook_secret=SECRET,
         max_body_bytes=MAX,
         intake=intake,
-        on_verification_code=codes.append,
+        verification=gate if gate is not None else VerificationGate(configured=True),
         health=lambda: (healthy[0], {"actors": "running" if healthy[0] else "shard 3 down"}),
         registry=CollectorRegistry(),
         queue_depth=lambda: float(len(intake.items)),
@@ -83,14 +90,15 @@ def make_deps(intake: RecordingIntake, codes: list[str], healthy: list[bool]) ->
 
 
 @asynccontextmanager
-async def running() -> AsyncIterator[Harness]:
-    intake, codes, healthy = RecordingIntake(), [], [True]
-    app = create_app(make_deps(intake, codes, healthy))
+async def running(gate: VerificationGate | None = None) -> AsyncIterator[Harness]:
+    intake, healthy = RecordingIntake(), [True]
+    gate = gate if gate is not None else VerificationGate(configured=True)
+    app = create_app(make_deps(intake, gate, healthy))
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve_webhooks, app, "127.0.0.1:0", shutdown_trigger=stop.wait))
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield Harness(intake, codes, healthy, client, url)
+            yield Harness(intake, gate, healthy, client, url)
         stop.set()
 
 
@@ -157,7 +165,7 @@ async def test_malformed_authenticated_bodies_get_400() -> None:
 
 
 async def test_handshake_and_ping_need_no_auth() -> None:
-    async with running() as h:
+    async with running(VerificationGate(configured=False)) as h:  # before the Clover auth code exists
         r = await h.client.post("/webhooks/clover", json={"verificationCode": "5220ecf5-7dea-4396"})
         assert r.status_code == 200 and h.codes == ["5220ecf5-7dea-4396"]
         r = await h.client.post("/webhooks/clover", json={"verificationCode": "x", "merchants": {}})
@@ -261,7 +269,7 @@ async def test_healthz_and_metrics() -> None:
 
 async def test_graceful_shutdown_returns() -> None:
     intake = RecordingIntake()
-    app = create_app(make_deps(intake, [], [True]))
+    app = create_app(make_deps(intake, None, [True]))
     stop = trio.Event()
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
@@ -305,7 +313,7 @@ async def serving(deps: WebhookDeps) -> AsyncIterator[httpx.AsyncClient]:
 async def test_each_delivery_outcome_is_reported_with_its_result() -> None:
     intake = DedupIntake()
     got: list[tuple[str, str, int]] = []
-    deps = make_deps(RecordingIntake(), [], [True])
+    deps = make_deps(RecordingIntake(), VerificationGate(configured=False), [True])
     deps = replace(deps, intake=intake, on_received=lambda source, result, n: got.append((source, result, n)))
     clover = {"X-Clover-Auth": AUTH}
     async with serving(deps) as client:
@@ -345,7 +353,7 @@ async def test_a_failing_metrics_hook_changes_no_answer() -> None:
         raise RuntimeError("metrics are broken")
 
     intake = DedupIntake()
-    async with serving(replace(make_deps(RecordingIntake(), [], [True]), intake=intake, on_received=broken)) as c:
+    async with serving(replace(make_deps(RecordingIntake(), None, [True]), intake=intake, on_received=broken)) as c:
         r = await c.post("/webhooks/clover", content=CLOVER_BODY, headers={"X-Clover-Auth": AUTH})
         assert r.status_code == 200 and len(intake.keys) == 2
 
@@ -362,7 +370,7 @@ async def test_metrics_are_refreshed_before_each_scrape_and_served_when_that_fai
             raise OSError("the state store is not running")
         gauge.set(len(calls))
 
-    deps = replace(make_deps(RecordingIntake(), [], [True]), registry=registry, before_metrics=refresh)
+    deps = replace(make_deps(RecordingIntake(), None, [True]), registry=registry, before_metrics=refresh)
     async with serving(deps) as client:
         values = []
         for _ in range(3):
@@ -393,7 +401,7 @@ def thread_server() -> Iterator[ThreadServer]:
         stop = trio.Event()
         box["stop"] = stop
         box["token"] = trio.lowlevel.current_trio_token()
-        app = create_app(make_deps(intake, codes, [True]))
+        app = create_app(make_deps(intake, None, [True]))
         async with trio.open_nursery() as nursery:
             box["url"] = await nursery.start(partial(serve_webhooks, app, "127.0.0.1:0", shutdown_trigger=stop.wait))
             started.set()
@@ -487,7 +495,7 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreServ
         store = Store(str(state))
         send, receive = trio.open_memory_channel[RouterInput](1_000_000)
         intake = Intake(store, send, capacity=1_000_000)
-        deps = dataclasses.replace(make_deps(intake, codes, [True]), max_body_bytes=STORE_MAX)  # type: ignore[arg-type]
+        deps = dataclasses.replace(make_deps(intake, None, [True]), max_body_bytes=STORE_MAX)  # type: ignore[arg-type]
 
         async def drain() -> None:
             async for msg in receive:
@@ -700,3 +708,92 @@ def test_fuzz_real_store_no_500_no_unauthenticated_state_change_replays_stored_o
     again = _post(server, req, headers)
     assert again.status_code == 200, again.text[:300]
     assert server.inbox_rows() == rows1 and server.intake.accepted == accepted1
+
+
+# ---------------------------------------------------------------- Clover's verification handshake, over HTTP
+
+HANDSHAKE = {"verificationCode": "5220ecf5-7dea-4396"}
+
+
+async def test_handshake_refused_401_once_an_auth_code_is_configured() -> None:
+    async with running(VerificationGate(configured=True)) as h:
+        with capture_logs() as logs:
+            r = await h.client.post("/webhooks/clover", json=HANDSHAKE)
+        assert r.status_code == 401 and r.json() == {"ok": False, "error": "authentication failed"}
+        assert h.codes == []
+        assert not [e for e in logs if e["event"] == "clover_verification_code"]
+        refused = [e for e in logs if e["event"] == "webhook_refused"]
+        assert refused and "not expected" in refused[0]["reason"] and refused[0]["status"] == 401
+
+
+async def test_handshake_answered_while_the_admin_window_is_open() -> None:
+    gate = VerificationGate(configured=True)
+    async with running(gate) as h:
+        gate.open_window(time.time(), 600)
+        with capture_logs() as logs:
+            r = await h.client.post("/webhooks/clover", json=HANDSHAKE)
+            assert r.status_code == 200
+            r = await h.client.post("/webhooks/clover", json=HANDSHAKE)  # pressed twice: logged once, counted
+            assert r.status_code == 200
+            r = await h.client.post("/webhooks/clover", json={"verificationCode": "other-code"})
+            assert r.status_code == 200
+        assert h.codes == ["5220ecf5-7dea-4396", "other-code"]  # the first is not overwritten
+        assert gate.codes[0].count == 2
+        logged = [e["code"] for e in logs if e["event"] == "clover_verification_code"]
+        assert logged == ["5220ecf5-7dea-4396", "other-code"]
+        gate.close_window()
+        r = await h.client.post("/webhooks/clover", json={"verificationCode": "after"})
+        assert r.status_code == 401 and "after" not in h.codes
+
+
+async def test_handshake_with_the_auth_code_is_answered_even_when_closed() -> None:
+    async with running(VerificationGate(configured=True)) as h:
+        for i in range(8):  # and not throttled: only Clover and the admin know the code
+            r = await h.client.post("/webhooks/clover", json={"verificationCode": f"c{i}"},
+                                    headers={"X-Clover-Auth": AUTH})
+            assert r.status_code == 200
+        assert len(h.codes) == 8 and h.intake.items == []
+
+
+async def test_handshake_flood_is_throttled_429_with_retry_after() -> None:
+    async with running(VerificationGate(configured=False)) as h:
+        statuses = []
+        for i in range(12):
+            r = await h.client.post("/webhooks/clover", json={"verificationCode": f"flood-{i}"})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+        assert statuses[:5] == [200] * 5 and statuses[5:] == [429] * 7  # a burst of 5, then 6 a minute
+        assert h.codes == [f"flood-{i}" for i in range(5)]
+
+
+async def test_refused_deliveries_are_logged_without_body_or_secret_and_throttled() -> None:
+    body_marker = "BODY-MARKER-" + "x" * 10
+    with capture_logs() as logs:
+        async with running() as h:
+            forged = CLOVER_BODY.replace(b"ITEM1", body_marker.encode())
+            for _ in range(30):
+                r = await h.client.post("/webhooks/clover", content=forged,
+                                        headers={"X-Clover-Auth": AUTH[:-1] + "0", "X-Forwarded-For": "203.0.113.7"})
+                assert r.status_code == 401
+            bad = b'{"id": "x"}'
+            r = await h.client.post("/webhooks/woocommerce", content=bad, headers=woo_headers(bad))
+            assert r.status_code == 400
+            big = b"x" * (MAX + 1)
+            r = await h.client.post("/webhooks/woocommerce", content=big, headers=woo_headers(big))
+            assert r.status_code == 413
+            h.intake.overloaded = 3
+            r = await h.client.post("/webhooks/woocommerce", content=WOO_BODY, headers=woo_headers(WOO_BODY))
+            assert r.status_code == 503
+        # the server stopped: the count still open was reported
+    refused = [e for e in logs if e["event"] == "webhook_refused"]
+    clover = [e for e in refused if e["source"] == "clover"]
+    assert len(clover) == REFUSALS_LOGGED
+    assert clover[0] == {"event": "webhook_refused", "log_level": "warning", "source": "clover", "status": 401,
+                         "reason": "authentication failed", "remote": "127.0.0.1", "forwarded_for": "203.0.113.7"}
+    woo = {e["status"]: e for e in refused if e["source"] == "woocommerce"}
+    assert set(woo) == {400, 413, 503} and woo[503]["reason"] == "overloaded"
+    summary = [e for e in logs if e["event"] == "webhook_refused_suppressed"]
+    assert [(e["source"], e["status"], e["suppressed"]) for e in summary] == [("clover", 401, 30 - REFUSALS_LOGGED)]
+    text = repr(logs)
+    assert body_marker not in text and AUTH[:-1] not in text and SECRET not in text
