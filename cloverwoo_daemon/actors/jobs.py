@@ -670,7 +670,7 @@ class JobRunner:
                 self.current = None
             return
         status.state = "failed"
-        status.error = str(exc)[:500] or type(exc).__name__
+        status.error = (_describe(exc) if not isinstance(exc, (RemoteError, JobStalled)) else str(exc))[:500]
         status.finished_at = time.time()
         self._remember(status)
         log.error("job_failed", job=status.id, kind=status.kind, error=status.error)
@@ -695,6 +695,13 @@ class JobRunner:
                 return
             yield cur
             await trio.sleep(0.1)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _never_synced(b: Binding, locations: tuple[str, ...]) -> bool:

@@ -8,12 +8,22 @@ at a chosen moment (``hold``) to interrupt the caller there.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from cloverwoo_daemon.core.model import Binding, Conflict, SyncLogRow, WooRef, WooStock, WooWriteResult
+from cloverwoo_daemon.core.model import (
+    Binding,
+    CloverItem,
+    Conflict,
+    SyncLogRow,
+    WooItem,
+    WooRef,
+    WooStock,
+    WooWriteResult,
+)
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 
 Hook = Callable[..., Awaitable[None]]
@@ -107,6 +117,11 @@ class FakeWoo:
         self.writes: list[tuple[WooRef, int]] = []
         self.hold: Hook | None = None  # awaited inside apply_deltas, before the write lands
         self.read_errors: list[Exception] = []  # raised by the next reads, one each
+        self.items: list[WooItem] = []  # the catalogue, as listed
+
+    async def list_items(self) -> list[WooItem]:
+        await trio.lowlevel.checkpoint()
+        return list(self.items)
 
     async def get_stock(self, ref: WooRef) -> WooStock:
         await trio.lowlevel.checkpoint()
@@ -149,6 +164,7 @@ class FakeClover:
         self.order_calls = 0
         self.feed_calls = 0
         self.list_calls = 0
+        self.items: list[CloverItem] = []  # the catalogue, as listed
 
     async def get_stock(self, item_id: str) -> int | None:
         await trio.lowlevel.checkpoint()
@@ -184,7 +200,7 @@ class FakeClover:
     async def list_items(self, *, modified_since_ms: int | None = None) -> list[Any]:
         await trio.lowlevel.checkpoint()
         self.list_calls += 1
-        return []
+        return list(self.items) if modified_since_ms is None else []
 
     async def changed_orders(self, *, since_ms: int) -> dict[str, tuple[int, set[str]]]:
         await trio.lowlevel.checkpoint()
@@ -206,3 +222,22 @@ class FakeClover:
 
 def refused(text: str = "400 bad request") -> PermanentError:
     return PermanentError(text)
+
+
+@asynccontextmanager
+async def to_the_end() -> AsyncIterator[tuple[trio.Nursery, Callable[[], None]]]:
+    """A nursery whose body must reach its end: ``finish()`` there, instead of cancelling the nursery.
+
+    A ``Cancelled`` raised in a task whose scope was not cancelled (one captured and moved elsewhere)
+    tears a nursery down early and silently; a test's assertions would then never run, and it would pass.
+    """
+    finished = False
+
+    def finish() -> None:
+        nonlocal finished
+        finished = True
+        n.cancel_scope.cancel()
+
+    async with trio.open_nursery() as n:
+        yield n, finish
+    assert finished, "the test's body was torn down before its end (a stray Cancelled?)"

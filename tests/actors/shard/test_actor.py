@@ -22,7 +22,7 @@ from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, WooRef
 from cloverwoo_daemon.messages import EventsSettled, Initialise, MarkDirty, ShardCommand
-from tests.actors.fakes import FakeClover, FakeStore, FakeWoo
+from tests.actors.fakes import FakeClover, FakeStore, FakeWoo, to_the_end
 
 BID = "woo:1:0"
 REF = WooRef(1)
@@ -100,7 +100,7 @@ async def test_a_merge_that_hits_a_bug_fails_alone_and_is_retried() -> None:
     rig.add(woo=20, clover={"downtown": 17}, base_woo=20, base_clover={"downtown": 20}, bid="woo:2:0",
             ref=WooRef(2), sku="SKU-2")
     rig.woo.read_errors = [ValueError("unexpected payload"), msgspec.DecodeError("bad JSON")]
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=1))
@@ -110,14 +110,14 @@ async def test_a_merge_that_hits_a_bug_fails_alone_and_is_retried() -> None:
         assert rig.shard.statistics()["failed_merges"] == 2
         failed = rig.store.events("merge_failed")
         assert len(failed) == 2 and {"ValueError" in r.error or "DecodeError" in r.error for r in failed} == {True}
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_a_store_error_fails_the_merge_not_the_shard() -> None:
     rig = Rig()
     rig.add(woo=20, clover={"downtown": 18}, base_woo=20, base_clover={"downtown": 20})
     rig.store.fail_commits = RuntimeError("database disk image is malformed")  # not a remote failure
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=7))
@@ -126,7 +126,7 @@ async def test_a_store_error_fails_the_merge_not_the_shard() -> None:
         rig.store.fail_commits = None
         await wait_until(lambda: 7 in rig.settled, "the retry to succeed once the store works again")
         assert rig.store.bindings[BID].base_woo == 18
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_a_restart_requeues_an_interrupted_recount_with_its_job_part() -> None:
@@ -141,7 +141,7 @@ async def test_a_restart_requeues_an_interrupted_recount_with_its_job_part() -> 
         await gate.wait()
 
     rig.woo.hold = hold
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         scope = await rig.start(n)
         await rig.inbox_send.send(Initialise(BID, 20, {"downtown": 7}, "clover", "job-1", version=1))
         await wait_until(held.is_set, "the recount's Woo write in flight")
@@ -153,13 +153,13 @@ async def test_a_restart_requeues_an_interrupted_recount_with_its_job_part() -> 
         await wait_until(lambda: BID in rig.job_results(), "the job told what became of the binding")
         assert rig.job_results()[BID] in ("done", "changed")
         assert rig.woo.stock[REF] == 7 and rig.clovers["downtown"].stock[f"I-{BID}-downtown"] == 7
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_a_recount_without_a_truth_is_refused_not_crashing() -> None:
     rig = Rig()
     rig.add(woo=20, clover={"downtown": 7})
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(Initialise(BID, 20, {"downtown": 7}, "", "job-2", version=1))
@@ -170,7 +170,7 @@ async def test_a_recount_without_a_truth_is_refused_not_crashing() -> None:
                 ref=WooRef(2), sku="SKU-2")
         await rig.inbox_send.send(dirty("woo:2:0", event=3))
         await wait_until(lambda: 3 in rig.settled, "the shard still merging afterwards")
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_a_location_going_down_mid_read_keeps_the_others_and_catches_up() -> None:
@@ -187,7 +187,7 @@ async def test_a_location_going_down_mid_read_keeps_the_others_and_catches_up() 
             await trio.sleep_forever()
 
     rig.clovers["airport"].hold_read = dead
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=4, trigger="reconcile"))
@@ -201,7 +201,7 @@ async def test_a_location_going_down_mid_read_keeps_the_others_and_catches_up() 
         reach.attempt("airport", True)
         await wait_until(lambda: rig.woo.stock[REF] == 17, "the catch-up merge once the airport answers")
         assert rig.shard.stale_ids() == set()
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_a_step_that_landed_while_its_merge_was_cancelled_is_not_counted_twice() -> None:
@@ -217,7 +217,7 @@ async def test_a_step_that_landed_while_its_merge_was_cancelled_is_not_counted_t
             await trio.sleep_forever()  # the commit is on disk; its caller is cancelled before it hears
 
     rig.store.after_land = after_land
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         scope = await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=5, trigger="webhook:woo", clover_at=()))
         await wait_until(landed.is_set, "the merge's final commit on disk")
@@ -235,7 +235,7 @@ async def test_a_step_that_landed_while_its_merge_was_cancelled_is_not_counted_t
         await wait_until(lambda: 6 in rig.settled, "the next merge")
         assert (rig.woo.stock[REF], rig.clovers["downtown"].stock[item]) == (8, 8)  # two sales, each once
         assert not [c for c in rig.store.conflicts if c.kind == "ambiguous_write"]
-        n.cancel_scope.cancel()
+        finish()
 
 
 @pytest.mark.parametrize("how", ["no stock record", "read failed"])
@@ -248,7 +248,7 @@ async def test_a_clover_write_that_never_went_out_is_not_in_doubt(how: str) -> N
         rig.clovers["downtown"].read_error = OSError("connection reset")
     else:
         rig.clovers["downtown"].no_record_at_write = True
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=8, trigger="webhook:woo", clover_at=()))
@@ -263,7 +263,7 @@ async def test_a_clover_write_that_never_went_out_is_not_in_doubt(how: str) -> N
         await wait_until(lambda: 8 in rig.settled, "the retry to finish")
         assert not [c for c in rig.store.conflicts if c.kind == "ambiguous_write"]
         assert rig.clovers["downtown"].stock[item] == 14  # the online sale, once
-        n.cancel_scope.cancel()
+        finish()
 
 
 async def test_recovery_of_a_write_to_a_deleted_clover_item_does_not_retry_for_ever() -> None:
@@ -278,7 +278,7 @@ async def test_recovery_of_a_write_to_a_deleted_clover_item_does_not_retry_for_e
     rig.store.bindings[BID] = after_woo
     rig.intents[BID] = rig.store.intents[BID] = raw
     del rig.clovers["downtown"].stock[f"I-{BID}-downtown"]  # the item is deleted before the recovery
-    async with trio.open_nursery() as n:
+    async with to_the_end() as (n, finish):
         n.start_soon(rig.collect_settled)
         await rig.start(n)
         await rig.inbox_send.send(dirty(BID, event=9))
@@ -286,4 +286,4 @@ async def test_recovery_of_a_write_to_a_deleted_clover_item_does_not_retry_for_e
         assert BID not in rig.table and BID not in rig.intents  # its only location gone: unbound
         recovered = rig.store.events("recovered")
         assert recovered and json.loads(recovered[0].detail)["clover"] == {"downtown": "gone: Clover item deleted"}
-        n.cancel_scope.cancel()
+        finish()
