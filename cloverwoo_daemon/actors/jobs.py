@@ -343,15 +343,15 @@ class JobRunner:
                     if loc in self.merge_config.locations:  # single mode lists the primary only
                         n.start_soon(read, loc, client)
                 n.start_soon(read_woo)
-        except BaseExceptionGroup as group:
+        except ExceptionGroup as group:  # (a group holding a Cancelled is no ExceptionGroup: it travels on)
             # a failed read comes out of the nursery wrapped (strict groups), past every ``except
             # RemoteError``: the jobs actor crashed, and at its restart re-read and crashed again, until the
             # daemon exited on its crash budget during an outage. Raised bare when every failure is remote.
             remote, other = group.split(RemoteError)
             if remote is None or other is not None:
                 raise
-            bare: BaseException = remote
-            while isinstance(bare, BaseExceptionGroup):
+            bare: Exception = remote
+            while isinstance(bare, ExceptionGroup):
                 bare = bare.exceptions[0]
             raise bare from None
         report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary,
