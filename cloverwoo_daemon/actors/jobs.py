@@ -222,11 +222,14 @@ class JobRunner:
     # ------------------------------------------------------------ scheduling
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._schedule()
-            await trio.sleep_forever()  # every schedule off: jobs on demand still run in this nursery
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._schedule()
+                await trio.sleep_forever()  # every schedule off: jobs on demand still run in this nursery
+        finally:
+            self._nursery = None  # until the next incarnation, `start` answers "not running yet"
 
     def start(self, kind: str, *, truth: str = "", dry_run: bool = False, mode: str = "") -> None:
         """Run a job in the background (it outlives the admin connection that asked for it)."""

@@ -242,7 +242,10 @@ class MergeScheduler:
         self.failed_merges += 1
         attempt = self._failures.get(bid, 0) + 1
         self._failures[bid] = attempt
-        self.on_failure(bid, attempt)
+        try:
+            self.on_failure(bid, attempt)
+        except Exception as exc:  # the alert hook must never stop the retry
+            log.error("failure_hook_failed", binding_id=bid, error=short(exc), exc_info=exc)
         init = pending.initialise
         if init is not None and attempt >= self.job_attempts and not pending.job_told_failed:
             pending.job_told_failed = True
