@@ -145,7 +145,7 @@ class MergeExecutor:
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
         rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
         if read_failed:
-            raise MergeFailed()
+            raise MergeFailed("a Clover location's read failed: merged without it, to be merged again")
         return MergeOutcome(rerun=rerun, job_result=_result_of(plan), reason=plan.skip)
 
     async def _initialise(self, bid: str, pending: Pending, req: Initialise) -> MergeOutcome:
@@ -193,7 +193,7 @@ class MergeExecutor:
                     if not binding.clover_items:
                         return MergeOutcome(job_result="unbound")
                 if failed:
-                    raise MergeFailed()
+                    raise MergeFailed("a Clover location's read failed")
                 req = msgspec.structs.replace(req, woo=woo_stock.quantity if woo_stock.manage_stock else None,
                                               clover=clover)
         if binding.excluded:
@@ -268,8 +268,9 @@ class MergeExecutor:
                 change = (binding.woo, plan.woo_delta, plan.version, attached)
             (res,) = await d.woo.apply_deltas([change])
             if not res.ok:
-                await self.log_failure(bid, pending, RemoteError(f"woocommerce write refused: {res.error}"))
-                raise MergeFailed()
+                refused = RemoteError(f"woocommerce write refused: {res.error}")
+                await self.log_failure(bid, pending, refused)
+                raise MergeFailed(str(refused))
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
             if clover_locs:
@@ -328,7 +329,7 @@ class MergeExecutor:
                 await self._commit_step(binding, intent)
                 missing = RemoteError(f"clover item {item_id} at {loc} has no stock record")
                 await self.log_failure(bid, pending, missing)
-                raise MergeFailed()
+                raise MergeFailed(str(missing))
             binding = core_merge.after_clover_step(binding, plan, loc)
             intent = msgspec.structs.replace(intent, clover_done=(*intent.clover_done, loc))
             if loc != clover_locs[-1]:

@@ -85,8 +85,9 @@ class LocationMeta:
         self._meta_owed.add(bid)  # until the write is known to have landed, whatever interrupts it
         (res,) = await self.deps.woo.apply_deltas([(binding.woo, 0, binding.version, meta)])
         if not res.ok:
-            await self._log_failure(bid, pending, RemoteError(f"woocommerce meta write refused: {res.error}"))
-            raise MergeFailed()
+            refused = RemoteError(f"woocommerce meta write refused: {res.error}")
+            await self._log_failure(bid, pending, refused)
+            raise MergeFailed(str(refused))
         self._meta_owed.discard(bid)
 
     def carry_woo_change(self, binding: Binding, reads: core_merge.Reads, pending: Pending) -> Binding:

@@ -55,7 +55,7 @@ class MergeOutcome:
 
 
 class MergeFailed(Exception):
-    """This attempt could not finish (the executor already logged why); retry later."""
+    """This attempt could not finish (the executor already wrote why to the sync log); retry later."""
 
 
 MergeFn = Callable[[str, Pending], Awaitable[MergeOutcome]]
