@@ -35,7 +35,7 @@ from cloverwoo_daemon.actors.intake import Intake, decode_event
 from cloverwoo_daemon.actors.jobs import JobRunner
 from cloverwoo_daemon.actors.location import LocationActor, Reachability
 from cloverwoo_daemon.actors.modes import mode_config, resolve_mode
-from cloverwoo_daemon.actors.router import LookupOrder, RouteEvent, Router, RouterDeps, RouterInput
+from cloverwoo_daemon.actors.router import LookupOrder, Resolved, RouteEvent, Router, RouterDeps, RouterInput
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
@@ -151,6 +151,8 @@ async def run_daemon(
         settled_send, settled_recv = trio.open_memory_channel[EventsSettled](10_000)
         shard_chans = [trio.open_memory_channel[ShardCommand](10_000) for _ in range(cfg.sync.shards)]
         lookup_chans = {name: trio.open_memory_channel[LookupOrder](1_000) for name in clovers}
+        # lookups are answered on a channel of their own: router -> lookups -> router inbox was a cycle
+        answers_send, answers_recv = trio.open_memory_channel[Resolved](1_000)
         health = WebhookHealth(verification=VerificationGate(configured=bool(secrets.clover_auth_code)))
         if not secrets.clover_auth_code:
             log.warning("clover_auth_code_missing", file=cfg.clover.auth_code_file,
@@ -192,7 +194,8 @@ async def run_daemon(
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
         locations = {
             name: LocationActor(name, client, store, table, router_send, clover_poll,
-                                active=lambda n=name: n in shard_deps.merge_config.locations, reach=reach)
+                                active=lambda n=name: n in shard_deps.merge_config.locations, reach=reach,
+                                answers=answers_send)
             for name, client in clovers.items()
         }
         for name, client in clovers.items():  # reachability from every request attempt
@@ -257,7 +260,8 @@ async def run_daemon(
             for name, provider in providers.items():
                 await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
             await actors.start(supervisor.supervise, "router",
-                               lambda task_status: router.run(router_recv, settled_recv, task_status=task_status))
+                               lambda task_status: router.run(router_recv, settled_recv, answers_recv,
+                                                              task_status=task_status))
             for i, shard in enumerate(shards):
                 recv = shard_chans[i][1]
                 await actors.start(supervisor.supervise, f"shard-{i}",
@@ -331,6 +335,7 @@ async def run_daemon(
             task_status.started(running)
 
             await stop_requested.wait()
+            supervisor.shutdown()  # from here an actor that returns is done, not restarted
             # 1. stop intake
             log.info("shutdown", phase="stop_intake")
             systemd.notify("STOPPING=1")

@@ -678,11 +678,25 @@ def _job(args: argparse.Namespace, req: ControlRequest) -> int:
 
 
 def _jobs_text(data: dict[str, Any]) -> str:
-    lines = ["no job running"]
-    for kind, job in sorted((data.get("last") or {}).items()):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.get("finished_at") or 0))
-        lines.append(f"last {kind}: {job['state']} at {when}, {job['total']} bindings, "
-                     f"{job['writes_planned']} to correct")
+    """The running job (if any) and the last of each kind; takes `cloverwoo job`'s answer or status's "jobs"."""
+    cur = data.get("current")
+    if cur:
+        since = time.strftime("%H:%M:%S", time.localtime(cur.get("started_at") or 0))
+        lines = [f"running: {cur['kind']} ({cur['state']} {cur.get('done', 0)}/{cur.get('total', 0)}) "
+                 f"since {since}"]
+    else:
+        lines = ["no job running"]
+    for label, jobs in (("last", data.get("last") or {}), ("last dry run of", data.get("last_dry_run") or {})):
+        for kind, job in sorted(jobs.items()):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.get("finished_at") or 0))
+            line = f"{label} {kind}: {job['state']} at {when}, {job['total']} bindings, "
+            if kind in ("reconcile", "full") or job.get("dry_run"):
+                line += f"{job['writes_planned']} to correct"
+            else:
+                line += f"{job.get('changed', 0)} changed"
+            if job.get("failed"):
+                line += f", {job['failed']} failed"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -699,18 +713,26 @@ def _print_job(job: dict[str, Any]) -> None:
         print("  " + ", ".join(f"{k.replace('_', ' ')} {rep[k]}" for k in keys if k in rep))
         if rep.get("reason"):
             print(f"  why: {rep['reason']}")
+    counts = {k: job.get(k, 0) for k in ("changed", "unchanged", "skipped", "failed")}
+    if not job["dry_run"] and any(counts.values()):
+        # what the recount did, binding by binding (a reconcile: the never-synced ones it recounted)
+        print("  " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        for f in job.get("failures", [])[:20]:
+            print(f"    failed {f.get('sku') or f.get('name') or f['binding_id']}: {f['reason']}")
     if job["kind"] in ("import", "push") and job["dry_run"]:
         print(f"  {job['writes_planned']} binding(s) {verb}:")
         for row in job.get("diff", [])[:200]:
             clover = ", ".join(f"{loc} {a} -> {b}" for loc, (a, b) in row.get("clover", {}).items())
             woo = row.get("woo")
             woo_text = f"woo {woo[0]} -> {woo[1]}" if woo and woo[0] != woo[1] else ""
-            print(f"    {row['sku']:<20} {woo_text}{'; ' if woo_text and clover else ''}{clover}")
+            who = row["sku"] or row.get("name", "")
+            print(f"    {who:<20} {woo_text}{'; ' if woo_text and clover else ''}{clover}")
         if len(job.get("diff", [])) > 200:
             print(f"    ... and {len(job['diff']) - 200} more (use --json for all)")
     elif job["kind"] == "reconcile" and job["dry_run"]:
         for row in job.get("diff", [])[:200]:
-            print(f"    {row['sku']:<20} woo moved {row['woo_moved_by']:+d}, clover moved {row['clover_moved_by']}")
+            who = row["sku"] or row.get("name", "")
+            print(f"    {who:<20} woo moved {row['woo_moved_by']:+d}, clover moved {row['clover_moved_by']}")
     if job.get("error"):
         print(f"  error: {job['error']}")
 

@@ -179,7 +179,11 @@ class StorePort(Protocol):
         intent: bytes | None | Literal["clear"] = None,
         log: SyncLogRow | None = None,
         conflict: Conflict | None = None,
-    ) -> None: ...
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """One merge step, atomically; ``after_commit`` runs once it is durable, even if the caller was
+        cancelled meanwhile (so memory never lags behind the file)."""
+        ...
 
     async def append_log(self, rows: list[SyncLogRow]) -> None: ...
 
@@ -191,9 +195,12 @@ class StorePort(Protocol):
         since: float | None = None,
         after_id: int = 0,
         limit: int = 200,
+        binding_ids: Sequence[str] | None = None,
     ) -> list[SyncLogRow]: ...
 
-    async def add_conflict(self, conflict: Conflict) -> int: ...
+    async def add_conflict(self, conflict: Conflict, *, fold: Callable[[str, str], str] | None = None) -> int:
+        """An open conflict of the same binding and kind is returned instead (its detail folded with ``fold``)."""
+        ...
 
     async def list_conflicts(self, include_resolved: bool = False) -> list[Conflict]: ...
 

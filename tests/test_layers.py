@@ -31,7 +31,7 @@ def test_core_is_pure() -> None:
 
 
 def test_actors_do_not_import_io() -> None:
-    for path in (PKG / "actors").glob("*.py"):
+    for path in (PKG / "actors").rglob("*.py"):
         for name in imports(path):
             assert not name.startswith("cloverwoo_daemon.io"), f"actors/{path.name} imports {name}"
             assert not name.startswith("cloverwoo_daemon.sim"), f"actors/{path.name} imports {name}"

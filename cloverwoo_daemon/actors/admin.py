@@ -25,6 +25,7 @@ from cloverwoo_daemon.actors.shard import ShardActor
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.core import csv_rows
+from cloverwoo_daemon.core.matching import normalise_name
 from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.messages import (
     CloverVerifyRequest,
@@ -124,7 +125,8 @@ class Admin:
                 if cur is not None and follow:
                     return self._follow(cur.kind, cur.started_at)
                 data = {"current": msgspec.to_builtins(cur) if cur else None,
-                        "last": {k: msgspec.to_builtins(v) for k, v in self.jobs.last.items()}}
+                        "last": {k: msgspec.to_builtins(v) for k, v in self.jobs.last.items()},
+                        "last_dry_run": {k: msgspec.to_builtins(v) for k, v in self.jobs.last_dry_run.items()}}
                 return ControlResponse(ok=True, data=data)
         return ControlResponse(ok=False, error=f"unsupported request {type(req).__name__}")
 
@@ -217,10 +219,10 @@ class Admin:
                 if cur is not None and cur.kind == kind and cur.started_at >= since:
                     job = cur
                     break
-                done = self.jobs.last.get(kind)
-                if done is not None and done.started_at >= since:
-                    yield _result(done)
-                    return
+                for done in (self.jobs.last.get(kind), self.jobs.last_dry_run.get(kind)):
+                    if done is not None and done.started_at >= since:
+                        yield _result(done)
+                        return
                 await trio.sleep(0.02)
         if job is None:
             yield ControlResponse(ok=False, error="the job did not start (another job holds the catalogue)")
@@ -299,9 +301,32 @@ class Admin:
         })
 
     async def _log(self, req: LogRequest) -> ControlResponse:
+        """The sync log; ``--sku`` also finds a product without a SKU by its name or its WooCommerce id."""
+        named = self._bindings_named(req.sku) if req.sku else None
         rows = await self.store.query_log(sku=req.sku, level=req.level, since=req.since, after_id=req.after_id,
-                                          limit=req.limit)
+                                          limit=req.limit, binding_ids=named or None)
         return ControlResponse(ok=True, data=msgspec.to_builtins(rows))
+
+    def _bindings_named(self, text: str) -> list[str]:
+        """Bindings ``text`` names other than by SKU: a binding id, a WooCommerce id (``123`` or ``123:45``
+        for a variation), or a product name (compared as the name match compares them)."""
+        key = text.strip()
+        if not key:
+            return []
+        if key in self.table:
+            return [key]
+        name = normalise_name(key)
+        parts = key.split(":")
+        ref = tuple(int(p) for p in parts) if len(parts) <= 2 and all(p.isdigit() for p in parts) else None
+        found = []
+        for b in self.table.all():
+            if b.sku == key:
+                continue  # found by the SKU itself
+            if ref is not None and (b.woo.product_id, b.woo.variation_id)[:len(ref)] == ref:
+                found.append(b.binding_id)
+            elif normalise_name(b.name) == name:
+                found.append(b.binding_id)
+        return found
 
     def status(self) -> dict[str, Any]:
         shard_stats = [s.statistics() for s in self.shards]
@@ -344,9 +369,8 @@ class Admin:
             "jobs": {
                 "current": msgspec.to_builtins(msgspec.structs.replace(self.jobs.current, diff=[]))
                 if self.jobs.current else None,
-                "last": {k: {"state": v.state, "finished_at": v.finished_at, "total": v.total,
-                             "writes_planned": v.writes_planned, "report": v.report}
-                         for k, v in self.jobs.last.items()},
+                "last": {k: _job_summary(v) for k, v in self.jobs.last.items()},
+                "last_dry_run": {k: _job_summary(v) for k, v in self.jobs.last_dry_run.items()},
                 "catalogue": self.jobs.report,
             },
             "store": msgspec.to_builtins(stats) if stats is not None else None,
@@ -359,6 +383,12 @@ class Admin:
             and self.router_inbox.statistics().current_buffer_used == 0
             and all(ch.statistics().current_buffer_used == 0 for ch in self.shard_inboxes)
         )
+
+
+def _job_summary(job: JobStatus) -> dict[str, Any]:
+    return {"state": job.state, "finished_at": job.finished_at, "total": job.total, "dry_run": job.dry_run,
+            "writes_planned": job.writes_planned, "changed": job.changed, "unchanged": job.unchanged,
+            "skipped": job.skipped, "failed": job.failed, "error": job.error, "report": job.report}
 
 
 def _result(job: JobStatus) -> ControlResponse:

@@ -323,7 +323,8 @@ class AlertActor:
     def _queue_alert(self, alert: core.Alert) -> None:
         self.alerts += 1
         log.warning("alert", kind=alert.kind, binding_id=alert.binding_id, sku=alert.sku, stock=alert.stock,
-                    threshold=alert.threshold, detail=alert.detail)
+                    threshold=alert.threshold, detail=alert.detail,
+                    **({} if alert.sku else {"product": alert.name}))  # no SKU: named by its name
         if self._dispatcher.add(alert, trio.current_time()):
             self._digest_wake.set()
 

@@ -14,7 +14,7 @@ Rules this module keeps:
 - An excluded binding is never written, on either side, by any path: merges,
   recounts (initial sync, import, push), CSV rows, out-of-stock behaviour.
   Including it again recounts it from the source of truth (the shard resets
-  its bases, see ``ShardActor._set_excluded``).
+  its bases, see ``Catalogue.set_excluded`` in ``actors/shard/catalogue.py``).
 - SKUs are compared as the matcher normalises them (surrounding spaces
   dropped, case kept): a binding matched by name with no SKU cannot be
   excluded by SKU.

@@ -26,8 +26,16 @@ Rules:
   restart it runs again from fresh lists, and every binding it had already
   finished recounts to "nothing to write": it resumes, it does not redo.
 - One job at a time; a request while one runs is refused with its status.
+  The scheduled reconcile waits for a running job instead of skipping.
 - A failed catalogue read fails the job and changes nothing: a partial list
   would look like deleted products.
+- A job cannot wedge: every binding it sends is accounted for by its shard
+  (changed, unchanged, skipped, unbound, or failed with the reason), and a
+  job that hears of no binding for ``stall_after`` seconds fails with what
+  it was waiting for, freeing the lock.
+- A binding never synced that a reconcile meets is recounted by the
+  configured ``source_of_truth``, exactly as the next catalogue refresh
+  would: the reconcile only does it sooner.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ log = structlog.get_logger("cloverwoo.jobs")
 JOB_KEY = "job.current"
 RECOUNT_WINDOW = 2000  # recounts sent to the shards and not yet done, at most (memory, not speed)
 DIFF_ROWS = 2000  # a dry run lists at most this many differing bindings (the counts are always complete)
+FAILURE_ROWS = 100  # a job lists at most this many failed bindings (the count is always complete)
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -68,7 +77,13 @@ class JobStatus(msgspec.Struct, kw_only=True):
     state: str = "reading"  # reading | applying | done | failed
     total: int = 0
     done: int = 0
-    writes_planned: int = 0
+    writes_planned: int = 0  # a dry run or a reconcile: bindings whose stock would be (is being) corrected
+    # what a recount did, binding by binding (import, push, initial, mode, a reconcile's never-synced ones)
+    changed: int = 0  # stock written on one side or both
+    unchanged: int = 0  # already agreed
+    skipped: int = 0  # excluded, untracked, unreadable, or gone (unbound)
+    failed: int = 0  # kept failing: retried on their own, see ``failures``
+    failures: list[dict[str, str]] = msgspec.field(default_factory=list)  # sku, binding_id, reason
     started_at: float = 0.0
     finished_at: float | None = None
     resumed: bool = False
@@ -104,6 +119,21 @@ class JobBusy(Exception):
     """Another job is running."""
 
 
+class JobStalled(Exception):
+    """No binding of the job finished for ``stall_after`` seconds."""
+
+
+@dataclass
+class _Recount:
+    """A recount waiting for its bindings: which are left, and the deadline a finished one pushes back."""
+
+    status: JobStatus
+    waiting: set[str]
+    count_total: bool
+    watchdog: trio.CancelScope
+    stall_after: float
+
+
 @dataclass
 class JobRunner:
     store: StorePort
@@ -119,12 +149,14 @@ class JobRunner:
     reconcile_every: float | None = None
     full_every: float | None = 7 * 86400.0
     current: JobStatus | None = None
-    last: dict[str, JobStatus] = field(default_factory=dict)  # kind -> last finished
+    last: dict[str, JobStatus] = field(default_factory=dict)  # kind -> last finished (real runs)
+    last_dry_run: dict[str, JobStatus] = field(default_factory=dict)  # kind -> last finished dry run
+    stall_after: float = 300.0  # a job that hears of no binding for this long fails (and frees the lock)
     report: dict[str, Any] = field(default_factory=dict)  # last match report
     refreshed: trio.Event = field(default_factory=trio.Event)
     retry: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=60.0, max_attempts=1_000_000))
     _lock: trio.Lock = field(default_factory=trio.Lock)
-    _waiting: dict[str, set[str]] = field(default_factory=dict)  # job id -> bindings not yet recounted
+    _recounts: dict[str, _Recount] = field(default_factory=dict)  # job id -> its bindings not yet recounted
     _progress: trio.Event = field(default_factory=trio.Event)
     _expected: dict[str, Binding] = field(default_factory=dict)  # catalogue updates sent, not yet applied
     _nursery: trio.Nursery | None = None
@@ -190,10 +222,14 @@ class JobRunner:
     # ------------------------------------------------------------ scheduling
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._schedule()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._schedule()
+                await trio.sleep_forever()  # every schedule off: jobs on demand still run in this nursery
+        finally:
+            self._nursery = None  # until the next incarnation, `start` answers "not running yet"
 
     def start(self, kind: str, *, truth: str = "", dry_run: bool = False, mode: str = "") -> None:
         """Run a job in the background (it outlives the admin connection that asked for it)."""
@@ -211,8 +247,10 @@ class JobRunner:
                     await self.switch_mode(mode)
                 else:
                     await self.reconcile(dry_run=dry_run, full=kind == "full")
-            except (RemoteError, JobBusy) as exc:
+            except (RemoteError, JobBusy, JobStalled) as exc:
                 log.warning("job_failed", kind=kind, error=str(exc)[:300])
+            except Exception as exc:  # a bug in one job: that job failed (its status says so), not the actor
+                log.error("job_crashed", kind=kind, error=f"{type(exc).__name__}: {str(exc)[:300]}", exc_info=exc)
 
         self._nursery.start_soon(job)
 
@@ -236,7 +274,7 @@ class JobRunner:
         interrupted = saved is not None and _resumable(msgspec.json.decode(saved, type=JobStatus))
         try:
             await self.reconcile(dry_run=False, alert=not interrupted)
-        except (RemoteError, JobBusy) as exc:
+        except (RemoteError, JobBusy, JobStalled) as exc:
             log.warning("startup_reconcile_skipped", error=str(exc)[:300])
         attempt = 0
         while self.mode_recount_at_start:  # a mode change the bindings were not recounted under
@@ -262,23 +300,30 @@ class JobRunner:
     async def _resume(self, prev: JobStatus) -> None:
         try:
             await self.sync(prev.truth, dry_run=False, resumed_from=prev)
-        except (RemoteError, JobBusy) as exc:
+        except (RemoteError, JobBusy, JobStalled) as exc:
             log.warning("job_resume_failed", job=prev.id, error=str(exc)[:300])
 
     async def _every(self, every: float | None, kind: str) -> None:
+        """A scheduled job: it waits for a job that is running (every job ends: see ``stall_after``)."""
         if not every:
             return
         while True:
             await trio.sleep(every)
+            if self._lock.locked():
+                log.info("scheduled_job_waiting", kind=kind,
+                         running=self.current.kind if self.current is not None else "")
             try:
                 if kind == "reconcile":
-                    await self.reconcile(dry_run=False, full=False)
+                    await self.reconcile(dry_run=False, full=False, wait=True)
                 elif kind == "full":
-                    await self.reconcile(dry_run=False, full=True)
+                    await self.reconcile(dry_run=False, full=True, wait=True)
                 else:
                     await self.initial()
-            except (RemoteError, JobBusy) as exc:
-                log.warning("scheduled_job_skipped", kind=kind, error=str(exc)[:300])
+            except (RemoteError, JobBusy, JobStalled) as exc:
+                log.warning("scheduled_job_failed", kind=kind, error=str(exc)[:300])
+            except Exception as exc:  # a bug in one run: logged (and the job marked failed); the schedule goes on
+                log.error("scheduled_job_crashed", kind=kind, error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                          exc_info=exc)
 
     # ---------------------------------------------------------------- reading
 
@@ -301,15 +346,15 @@ class JobRunner:
                     if loc in self.merge_config.locations:  # single mode lists the primary only
                         n.start_soon(read, loc, client)
                 n.start_soon(read_woo)
-        except BaseExceptionGroup as group:
+        except ExceptionGroup as group:  # (a group holding a Cancelled is no ExceptionGroup: it travels on)
             # a failed read comes out of the nursery wrapped (strict groups), past every ``except
             # RemoteError``: the jobs actor crashed, and at its restart re-read and crashed again, until the
             # daemon exited on its crash budget during an outage. Raised bare when every failure is remote.
             remote, other = group.split(RemoteError)
             if remote is None or other is not None:
                 raise
-            bare: BaseException = remote
-            while isinstance(bare, BaseExceptionGroup):
+            bare: Exception = remote
+            while isinstance(bare, ExceptionGroup):
                 bare = bare.exceptions[0]
             raise bare from None
         report = matching.match_catalogues(clover_lists, woo_list, primary=self.merge_config.primary,
@@ -393,12 +438,17 @@ class JobRunner:
                 if not dry_run:
                     await self._persist(status)
 
-    async def reconcile(self, *, dry_run: bool, full: bool = False, alert: bool = True) -> JobStatus:
-        """Compare every binding's list reads with its bases; merge (from fresh reads) those that drifted."""
-        if self._lock.locked():
+    async def reconcile(self, *, dry_run: bool, full: bool = False, alert: bool = True,
+                        wait: bool = False) -> JobStatus:
+        """Compare every binding's list reads with its bases; merge (from fresh reads) those that drifted.
+
+        ``wait``: wait for a running job to end instead of refusing (the schedule's way).
+        """
+        if self._lock.locked() and not wait:
             raise JobBusy(f"a {self.current.kind if self.current else ''} job is running")
         async with self._lock:
-            status = self._start("full" if full else "reconcile", "", dry_run)
+            # the never-synced ones it meets are recounted by the configured truth (see the module rules)
+            status = self._start("full" if full else "reconcile", self.merge_config.source_of_truth, dry_run)
             try:
                 if full:
                     ids = tuple(self.table.ids())
@@ -434,7 +484,8 @@ class JobRunner:
                     woo_side += bool(plan.dw)
                     clover_side += bool(any(plan.dc.values()))
                     if len(status.diff) < DIFF_ROWS:
-                        status.diff.append({"sku": b.sku, "binding_id": b.binding_id, "woo_moved_by": plan.dw,
+                        status.diff.append({"sku": b.sku, "name": b.name, "binding_id": b.binding_id,
+                                            "woo_moved_by": plan.dw,
                                             "clover_moved_by": {k: v for k, v in plan.dc.items() if v},
                                             "woo_delta": plan.woo_delta, "clover_deltas": plan.clover_deltas})
                 status.writes_planned = len(drifted)
@@ -472,7 +523,7 @@ class JobRunner:
             status.writes_planned += 1
             if len(status.diff) < DIFF_ROWS:
                 status.diff.append({
-                    "sku": b.sku, "binding_id": b.binding_id,
+                    "sku": b.sku, "name": b.name, "binding_id": b.binding_id,
                     "woo": [reads.woo, (reads.woo or 0) + plan.woo_delta],
                     "clover": {loc: [reads.clover.get(loc), (reads.clover.get(loc) or 0) + d]
                                for loc, d in plan.clover_deltas.items()},
@@ -480,14 +531,20 @@ class JobRunner:
 
     async def _recount(self, status: JobStatus, snap: Snapshot, todo: list[Binding], *,
                        count_total: bool = True) -> None:
-        """Send one ``Initialise`` per binding and wait until every one is done."""
+        """Send one ``Initialise`` per binding and wait until every one is accounted for.
+
+        Error handling: ``JobStalled`` when no binding is accounted for during ``stall_after`` seconds
+        (sending included: a shard that takes nothing in is as stuck as one that never answers).
+        """
         status.state = "applying"
         if count_total:
             status.total = len(todo)
             status.done = 0
         todo = list({b.binding_id: b for b in todo}.values())
         waiting = {b.binding_id for b in todo}
-        self._waiting[status.id] = waiting
+        rec = _Recount(status, waiting, count_total, trio.CancelScope(deadline=trio.current_time() + self.stall_after),
+                       self.stall_after)
+        self._recounts[status.id] = rec
         nshards = len(self.shards)
         last_saved = time.monotonic()
 
@@ -495,35 +552,81 @@ class JobRunner:
             nonlocal last_saved
             await self._progress.wait()
             self._progress = trio.Event()
-            if count_total:
-                status.done = status.total - len(waiting)
             if status.kind in ("import", "push") and time.monotonic() - last_saved > 2.0:
                 await self._persist(status)
                 last_saved = time.monotonic()
 
         try:
-            for sent, b in enumerate(todo):
-                # At most RECOUNT_WINDOW outstanding: the shards' queues hold a window, not the catalogue.
-                while sent - (len(todo) - len(waiting)) >= RECOUNT_WINDOW:
+            with rec.watchdog:
+                for sent, b in enumerate(todo):
+                    # At most RECOUNT_WINDOW outstanding: the shards' queues hold a window, not the catalogue.
+                    while sent - (len(todo) - len(waiting)) >= RECOUNT_WINDOW:
+                        await progressed()
+                    reads = snap.reads(b, self.merge_config.locations)
+                    await self.shards[shard_of(b.binding_id, nshards)].send(
+                        Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id,
+                                   version=snap.versions.get(b.binding_id, b.version))
+                    )
+                while waiting:
                     await progressed()
-                reads = snap.reads(b, self.merge_config.locations)
-                await self.shards[shard_of(b.binding_id, nshards)].send(
-                    Initialise(b.binding_id, reads.woo, dict(reads.clover), status.truth, status.id,
-                               version=snap.versions.get(b.binding_id, b.version))
-                )
-            while waiting:
-                await progressed()
+            if rec.watchdog.cancelled_caught:
+                left = sorted(waiting)
+                sample = ", ".join(self._name_of(bid) for bid in left[:5]) + (" ..." if len(left) > 5 else "")
+                log.error("job_stalled", job=status.id, kind=status.kind, waiting=len(left), sample=sample,
+                          seconds=self.stall_after)
+                raise JobStalled(f"no binding finished for {self.stall_after:g}s; {len(left)} of "
+                                 f"{len(todo)} not finished ({sample})")
             if count_total:
                 status.done = status.total
         finally:
-            self._waiting.pop(status.id, None)
+            self._recounts.pop(status.id, None)
 
-    def item_done(self, job_id: str, binding_id: str, result: str) -> None:
-        """Shard hook: one binding of a job was recounted (or found gone)."""
-        waiting = self._waiting.get(job_id)
-        if waiting is not None:
-            waiting.discard(binding_id)
-            self._progress.set()
+    def _name_of(self, bid: str) -> str:
+        b = self.table.get(bid)
+        return (b.sku or b.name or bid) if b is not None else bid
+
+    def item_done(self, job_id: str, binding_id: str, result: str, reason: str = "") -> None:
+        """Shard hook: one binding of a job was recounted, found gone or skipped, or kept failing."""
+        rec = self._recounts.get(job_id)
+        if rec is None:
+            return  # the job ended (or stalled) before: nothing waits for it
+        status = rec.status
+        if binding_id not in rec.waiting:
+            if result != "failed" and status.failed and self._unfail(status, binding_id):
+                self._count(status, result)  # reported failed before; its retry has now finished
+            return
+        rec.waiting.discard(binding_id)
+        self._count(status, result)
+        if result == "failed":
+            if len(status.failures) < FAILURE_ROWS:
+                b = self.table.get(binding_id)
+                status.failures.append({"binding_id": binding_id, "sku": b.sku if b is not None else "",
+                                        "name": b.name if b is not None else "", "reason": reason[:300]})
+            log.warning("job_item_failed", job=job_id, binding_id=binding_id, reason=reason[:300])
+        if rec.count_total:
+            status.done = status.total - len(rec.waiting)
+        rec.watchdog.deadline = trio.current_time() + rec.stall_after
+        self._progress.set()
+
+    @staticmethod
+    def _count(status: JobStatus, result: str) -> None:
+        if result == "changed":
+            status.changed += 1
+        elif result == "unchanged":
+            status.unchanged += 1
+        elif result == "failed":
+            status.failed += 1
+        else:  # skipped, unbound
+            status.skipped += 1
+
+    @staticmethod
+    def _unfail(status: JobStatus, binding_id: str) -> bool:
+        for i, row in enumerate(status.failures):
+            if row["binding_id"] == binding_id:
+                del status.failures[i]
+                status.failed -= 1
+                return True
+        return False
 
     async def _dirty(self, ids: tuple[str, ...], trigger: str) -> None:
         nshards = len(self.shards)
@@ -542,25 +645,43 @@ class JobRunner:
 
     def _finish(self, status: JobStatus) -> JobStatus:
         self._expected = {}  # a copy of every binding: needed only while the job runs
-        status.state = "done"
         status.finished_at = time.time()
-        self.last[status.kind] = status
-        self.current = None
-        log.info("job_done", job=status.id, kind=status.kind, truth=status.truth, dry_run=status.dry_run,
-                 total=status.total, writes_planned=status.writes_planned,
-                 seconds=round(status.finished_at - status.started_at, 2))
+        if status.failed:
+            # It ended (the lock is free), but not everything it was asked to do is done: say so.
+            status.state = "failed"
+            names = ", ".join(f.get("sku") or f.get("name") or f["binding_id"] for f in status.failures[:5])
+            status.error = f"{status.failed} binding(s) failed ({names}); they are retried on their own"
+        else:
+            status.state = "done"
+        if not status.dry_run and status.kind in ("initial", "import", "push", "mode"):
+            status.writes_planned = max(status.writes_planned, status.changed)  # it planned what it wrote
+        self._remember(status)
+        (log.info if status.state == "done" else log.warning)("job_done", job=status.id, kind=status.kind,
+                truth=status.truth, dry_run=status.dry_run, total=status.total,
+                writes_planned=status.writes_planned, changed=status.changed, unchanged=status.unchanged,
+                skipped=status.skipped, failed=status.failed, seconds=round(status.finished_at - status.started_at, 2))
         return status
 
     def _fail(self, status: JobStatus, exc: BaseException) -> None:
         self._expected = {}
-        if isinstance(exc, trio.Cancelled) or status.state == "done":
-            return  # a shutdown mid-job: the saved state lets the next start resume it
+        if status.state in ("done", "failed"):
+            return
+        if isinstance(exc, trio.Cancelled):
+            # a shutdown (or a restart of this actor) mid-job: the saved state lets the next start resume it;
+            # it is not running any more, so it is not shown as running either.
+            if self.current is status:
+                self.current = None
+            return
         status.state = "failed"
-        status.error = str(exc)[:500]
+        status.error = (_describe(exc) if not isinstance(exc, (RemoteError, JobStalled)) else str(exc))[:500]
         status.finished_at = time.time()
-        self.last[status.kind] = status
-        self.current = None
+        self._remember(status)
         log.error("job_failed", job=status.id, kind=status.kind, error=status.error)
+
+    def _remember(self, status: JobStatus) -> None:
+        (self.last_dry_run if status.dry_run else self.last)[status.kind] = status
+        if self.current is status:
+            self.current = None
 
     async def _persist(self, status: JobStatus) -> None:
         if status.kind not in ("import", "push") or status.dry_run:
@@ -577,6 +698,13 @@ class JobRunner:
                 return
             yield cur
             await trio.sleep(0.1)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the real errors inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _never_synced(b: Binding, locations: tuple[str, ...]) -> bool:

@@ -17,12 +17,20 @@ Rules:
   a down location's reads instead of waiting through the client's retries.
 - An inactive location (not in the merge config's locations: single mode)
   makes no call at all: its poll idles and an order lookup is answered empty.
+- An order lookup never holds the poll: it runs in a task of its own. A
+  failure worth retrying is retried with backoff; an order Clover refuses
+  for good (a 4xx) is answered empty and logged: its stock change still
+  reaches the items poll and the reconciliation. Lookups in flight are kept
+  on the actor, so a restarted actor runs them again.
+- Answers go to the router's own answers channel, never to its inbox: the
+  router waiting on a full lookups channel can then never wait on us.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -31,7 +39,7 @@ import trio
 from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.actors.router import LookupOrder, PollFound, Resolved, RouterInput
 from cloverwoo_daemon.core.backoff import Backoff
-from cloverwoo_daemon.ports import CloverPort, NotFound, RemoteError, StorePort
+from cloverwoo_daemon.ports import CloverPort, NotFound, PermanentError, RemoteError, StorePort
 
 log = structlog.get_logger("cloverwoo.location")
 
@@ -51,7 +59,7 @@ class Reachability:
         self.min_failures = min_failures
         self._failing: dict[str, tuple[float, int]] = {}  # location -> (first failure, failures) since an answer
         self._down: set[str] = set()
-        self._went_down: dict[str, trio.Event] = {}
+        self._watching: dict[str, set[trio.CancelScope]] = {}  # reads in flight, abandoned when it goes down
         self.on_return: list[Callable[[str], None]] = []
         self.on_down: list[Callable[[str, str], None]] = []
 
@@ -61,12 +69,20 @@ class Reachability:
     def down(self) -> set[str]:
         return set(self._down)
 
-    def went_down(self, location: str) -> trio.Event:
-        """Set when ``location`` goes down next (a read in flight stops waiting on it)."""
-        ev = self._went_down.get(location)
-        if ev is None:
-            ev = self._went_down[location] = trio.Event()
-        return ev
+    @contextmanager
+    def abandon_when_down(self, location: str) -> Iterator[trio.CancelScope]:
+        """A cancel scope that is cancelled if ``location`` goes down while the block runs.
+
+        The caller checks ``scope.cancelled_caught``: the read it wrapped was abandoned, not failed.
+        """
+        scope = trio.CancelScope()
+        watching = self._watching.setdefault(location, set())
+        watching.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            watching.discard(scope)
 
     def attempt(self, location: str, ok: bool, reason: str = "") -> None:
         if ok:
@@ -83,7 +99,8 @@ class Reachability:
         if location not in self._down and n + 1 >= self.min_failures and now - first >= self.down_after:
             self._down.add(location)
             log.warning("location_unreachable", location=location, error=reason[:300])
-            self._went_down.pop(location, trio.Event()).set()
+            for scope in list(self._watching.get(location, ())):
+                scope.cancel()
             for down_hook in list(self.on_down):
                 down_hook(location, reason)
 
@@ -115,10 +132,15 @@ class LocationActor:
     # instead of one order lookup per sale (the per-token budget is 16 calls a second).
     _lookups: dict[str, list[LookupOrder]] = field(default_factory=dict)
     _lookup_polls: dict[str, int] = field(default_factory=dict)  # order id -> feed polls that missed it
+    _inflight: dict[int, LookupOrder] = field(default_factory=dict)  # event id -> its lookup, until answered
     _wake: trio.Event = field(default_factory=trio.Event)
     # whether the merge config reads this location now (single mode: only the primary)
     active: Callable[[], bool] = lambda: True
     reach: Reachability | None = None
+    # where lookups are answered: the router's answers channel (its inbox only when none is given)
+    answers: trio.MemorySendChannel[Resolved] | None = None
+    lookup_attempts: int = 8  # failed attempts at one order while the location answers other calls
+    _nursery: trio.Nursery | None = None
 
     def observe(self, ok: bool, reason: str) -> None:
         """The client's hook: one request attempt's outcome."""
@@ -135,22 +157,34 @@ class LocationActor:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as n:
+            self._nursery = n
+            for req in list(self._inflight.values()):  # lookups the last incarnation did not finish
+                n.start_soon(self._lookup, req)
             if self.poll_every:
                 n.start_soon(self._poll_loop)
             task_status.started()
             async for req in lookups:
                 if not self.active():  # an inactive location is never called
-                    await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono,
-                                                    clover={self.name: set()}))
+                    await self._answer(Resolved(req.event_id, "webhook:clover:order", req.mono,
+                                                clover={self.name: set()}))
                     continue
+                if req.event_id in self._inflight:
+                    continue  # asked again (a restarted router): the lookup in flight answers it
                 if self.poll_every:
-                    self._lookups.setdefault(req.order_id, []).append(req)
+                    waiting = self._lookups.setdefault(req.order_id, [])
+                    if all(w.event_id != req.event_id for w in waiting):
+                        waiting.append(req)
                     self._wake.set()  # the feed is read now, not at the next tick
                 else:
+                    self._inflight[req.event_id] = req
                     n.start_soon(self._lookup, req)
-            n.cancel_scope.cancel()
+
+    async def _answer(self, resolved: Resolved) -> None:
+        await (self.answers if self.answers is not None else self.router).send(resolved)
 
     async def _lookup(self, req: LookupOrder) -> None:
+        """One order's items, answered to the router; kept in ``_inflight`` until answered."""
+        self._inflight[req.event_id] = req
         attempt = 0
         while True:
             try:
@@ -159,11 +193,24 @@ class LocationActor:
             except NotFound:
                 items = set()
                 break
+            except PermanentError as exc:
+                # Refused for good: retrying cannot help. Its stock change still reaches the items poll
+                # and the reconciliation; the event is settled rather than held for ever.
+                log.warning("order_lookup_refused", location=self.name, order_id=req.order_id, error=str(exc)[:300])
+                items = set()
+                break
             except RemoteError as exc:
-                attempt += 1
                 self._failed(exc)
-                await trio.sleep(self.retry.next_delay(min(attempt, 20)) or self.retry.cap)
-        await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono, clover={self.name: items}))
+                if self.reach is None or not self.reach.is_down(self.name):
+                    attempt += 1  # only failures while the location answers count against this order
+                if attempt >= self.lookup_attempts:
+                    log.error("order_lookup_gave_up", location=self.name, order_id=req.order_id, attempts=attempt,
+                              error=str(exc)[:300])
+                    items = set()
+                    break
+                await trio.sleep(self.retry.next_delay(min(max(attempt, 1), 20)) or self.retry.cap)
+        await self._answer(Resolved(req.event_id, "webhook:clover:order", req.mono, clover={self.name: items}))
+        self._inflight.pop(req.event_id, None)
 
     async def _poll_loop(self) -> None:
         assert self.poll_every
@@ -179,6 +226,7 @@ class LocationActor:
             self._wake = trio.Event()
             self.status.active = self.active()
             if not self.status.active:  # single mode, not the primary: no calls at all
+                await self._answer_inactive()
                 continue
             try:
                 found: set[str] = set()
@@ -231,19 +279,32 @@ class LocationActor:
         for order_id in list(self._lookups):
             if order_id in orders:
                 items = orders[order_id][1]
-                for req in self._lookups.pop(order_id):
-                    await self.router.send(Resolved(req.event_id, "webhook:clover:order", req.mono,
-                                                    clover={self.name: set(items)}))
+                for req in self._lookups[order_id]:
+                    await self._answer(Resolved(req.event_id, "webhook:clover:order", req.mono,
+                                                clover={self.name: set(items)}))
+                self._lookups.pop(order_id, None)
                 self._lookup_polls.pop(order_id, None)
             else:
                 misses = self._lookup_polls.get(order_id, 0) + 1
                 self._lookup_polls[order_id] = misses
                 if misses >= 3:  # older than the feed's window, or not visible in it: ask for it directly
+                    self._lookup_polls.pop(order_id, None)
                     for req in self._lookups.pop(order_id):
-                        self._lookup_polls.pop(order_id, None)
-                        await self._lookup(req)
+                        self._inflight[req.event_id] = req
+                        assert self._nursery is not None  # the poll runs inside ``run``
+                        self._nursery.start_soon(self._lookup, req)
                 else:
                     self._wake.set()
+
+    async def _answer_inactive(self) -> None:
+        """Lookups that waited for the feed when the location became inactive (a switch to single mode)."""
+        while self._lookups:
+            order_id, reqs = next(iter(self._lookups.items()))
+            for req in reqs:
+                await self._answer(Resolved(req.event_id, "webhook:clover:order", req.mono,
+                                            clover={self.name: set()}))
+            self._lookups.pop(order_id, None)
+            self._lookup_polls.pop(order_id, None)
 
     def _failed(self, exc: BaseException) -> None:
         self.status.consecutive_failures += 1

@@ -9,8 +9,17 @@ Rules:
 - Resolution that needs a remote lookup (the items of a Clover order) goes to
   that location's actor, which answers with ``Resolved``; the router keeps
   the bookkeeping in one place.
-- The same binding is named at most once per event, so each (event, binding)
-  pair is settled exactly once.
+- Each event's bookkeeping is the *set* of bindings (and lookups) it still
+  waits for, recorded before anything is sent; a settle removes one binding,
+  so a duplicate trigger or a duplicate settle is harmless.
+- Nothing is leaked by a crash: the bookkeeping lives on the router, not on
+  an incarnation, and a restarted router sends every event it still waits
+  for again (the bindings to the shards, the lookups to their locations).
+  A trigger the shards already had coalesces with the new one.
+- No cycle of bounded channels: lookups are answered on a channel of their
+  own (``answers``), read by its own task, so the router blocked on a full
+  lookups channel never blocks the location actor that would drain it.
+  Shards answer on ``settled``, also read by its own task.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class LookupOrder:
 
 
 RouterInput = RouteEvent | Resolved | PollFound
+_LOOKUP = "lookup:"  # marks an event held by a location's order lookup (never a binding id)
 
 
 @dataclass
@@ -86,7 +96,8 @@ class RouterDeps:
 class Router:
     def __init__(self, deps: RouterDeps) -> None:
         self.deps = deps
-        self._refs: dict[int, int] = {}  # event id -> bindings still to settle
+        self._refs: dict[int, set[str]] = {}  # event id -> binding ids (and lookup markers) still to settle
+        self._lookups_out: dict[int, tuple[str, LookupOrder]] = {}  # event id -> the lookup that holds it
         self._to_settle: list[int] = []
         self._settle_wakeup = trio.Event()
         self.routed = 0
@@ -101,16 +112,46 @@ class Router:
         self,
         inbox: trio.MemoryReceiveChannel[RouterInput],
         settled: trio.MemoryReceiveChannel[EventsSettled],
+        answers: trio.MemoryReceiveChannel[Resolved] | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as n:
             n.start_soon(self._settle_loop, settled)
             n.start_soon(self._flush_loop)
+            if answers is not None:
+                n.start_soon(self._answers_loop, answers)
+            if self._to_settle:
+                self._settle_wakeup.set()
+            await self._resend()
             task_status.started()
             async for msg in inbox:
                 await self._handle(msg)
             n.cancel_scope.cancel()
+
+    async def _answers_loop(self, answers: trio.MemoryReceiveChannel[Resolved]) -> None:
+        async for msg in answers:
+            await self._handle(msg)
+
+    async def _resend(self) -> None:
+        """Send again what a previous incarnation may not have finished sending (a crash mid-dispatch)."""
+        if not self._refs:
+            return
+        d = self.deps
+        now = trio.current_time()
+        nshards = len(d.shards)
+        resent = 0
+        for eid, waiting in list(self._refs.items()):
+            by_shard: dict[int, list[str]] = {}
+            for bid in sorted(w for w in waiting if not w.startswith(_LOOKUP)):
+                by_shard.setdefault(shard_of(bid, nshards), []).append(bid)
+            for shard, bids in by_shard.items():
+                await d.shards[shard].send(MarkDirty(tuple(bids), "restart", (eid,), now, None, None))
+            out = self._lookups_out.get(eid)
+            if out is not None and out[0] in d.lookups:
+                await d.lookups[out[0]].send(out[1])
+            resent += 1
+        log.info("router_resent", events=resent)
 
     async def _handle(self, msg: RouterInput) -> None:
         match msg:
@@ -118,8 +159,9 @@ class Router:
                 await self._route_event(ev, mono)
             case Resolved():
                 ids = self._resolve(msg.clover, msg.woo)
+                marker = _LOOKUP + ",".join(sorted(msg.clover))
                 await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=msg.event_id,
-                                     clover_at=_where(msg.clover, msg.woo))
+                                     clover_at=_where(msg.clover, msg.woo), releases=marker)
             case PollFound():
                 ids = self._resolve(msg.clover, msg.woo) | set(msg.binding_ids)
                 await self._dispatch(ids, msg.trigger, mono=msg.mono, event_id=None,
@@ -138,8 +180,10 @@ class Router:
                     ids = self._resolve({loc: {oid}}, set())
                     await self._dispatch(ids, "webhook:clover", mono=mono, event_id=ev.event_id, clover_at=(loc,))
                 elif kind == "O" and loc in d.lookups:
-                    self._refs[ev.event_id] = self._refs.get(ev.event_id, 0) + 1  # held by the lookup
-                    await d.lookups[loc].send(LookupOrder(ev.event_id, oid, mono))
+                    req = LookupOrder(ev.event_id, oid, mono)
+                    self._refs.setdefault(ev.event_id, set()).add(_LOOKUP + loc)  # held by the lookup
+                    self._lookups_out[ev.event_id] = (loc, req)
+                    await d.lookups[loc].send(req)
                 else:
                     self._ignore(ev.event_id, "event type not used for stock", kind=kind)
             case WooChange(topic=topic, resource_id=rid, parent_id=pid, refs=refs, stock_quantity=stock):
@@ -178,19 +222,31 @@ class Router:
 
     async def _dispatch(
         self, ids: set[str], trigger: str, *, mono: float, event_id: int | None, woo_hint: int | None = None,
-        clover_at: tuple[str, ...] | None = None,
+        clover_at: tuple[str, ...] | None = None, releases: str | None = None,
     ) -> None:
+        """Mark ``ids`` dirty for ``event_id``; ``releases`` is the lookup marker an answer takes off the event.
+
+        The bookkeeping is done before the first send: whatever interrupts the sends, a restarted router
+        knows what the event still waits for and sends it again.
+        """
         d = self.deps
         nshards = len(d.shards)
         by_shard: dict[int, list[str]] = {}
         for bid in sorted(ids):
             by_shard.setdefault(shard_of(bid, nshards), []).append(bid)
         if event_id is not None:
-            held = self._refs.pop(event_id, 0)  # a lookup that held the event releases it now
-            pending = len(ids) + held - (1 if held else 0)
-            if pending:
-                self._refs[event_id] = pending
-            else:
+            waiting = self._refs.get(event_id)
+            if releases is not None:
+                if waiting is None or releases not in waiting:
+                    event_id = None  # answered before (a lookup sent twice): only a trigger now
+                else:
+                    waiting.discard(releases)
+                    self._lookups_out.pop(event_id, None)
+        if event_id is not None:
+            waiting = self._refs.setdefault(event_id, set())
+            waiting.update(ids)
+            if not waiting:
+                del self._refs[event_id]
                 self._settle(event_id)
         eids = (event_id,) if event_id is not None else ()
         for shard, bids in by_shard.items():
@@ -209,14 +265,13 @@ class Router:
     async def _settle_loop(self, settled: trio.MemoryReceiveChannel[EventsSettled]) -> None:
         async for msg in settled:
             for eid in msg.event_ids:
-                left = self._refs.get(eid)
-                if left is None:
+                waiting = self._refs.get(eid)
+                if waiting is None:
                     continue
-                if left <= 1:
+                waiting.discard(msg.binding_id)
+                if not waiting:
                     del self._refs[eid]
                     self._settle(eid)
-                else:
-                    self._refs[eid] = left - 1
 
     async def _flush_loop(self) -> None:
         """Settle in batches: one store transaction for many events."""

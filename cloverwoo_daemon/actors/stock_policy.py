@@ -155,12 +155,13 @@ class StockPolicyActor:
                 await self.deps.woo.set_presentation(binding.woo, change)
                 self.writes += 1
         except NotFound:
-            log.info("stock_policy_product_gone", binding_id=bid, sku=binding.sku)
+            log.info("stock_policy_product_gone", binding_id=bid, sku=binding.sku, **_named(binding))
             record = None
             change = core.Change()
         except RemoteError as exc:
             self.write_failures += 1
-            log.warning("stock_policy_write_failed", binding_id=bid, sku=binding.sku, error=str(exc)[:300])
+            log.warning("stock_policy_write_failed", binding_id=bid, sku=binding.sku, **_named(binding),
+                        error=str(exc)[:300])
             return False
         if record is None:
             self._applied.pop(bid, None)
@@ -169,6 +170,11 @@ class StockPolicyActor:
         await self._save()
         which = record or had
         log.info("stock_policy_applied" if record is not None else "stock_policy_undone", binding_id=bid,
-                 sku=binding.sku, action=which.action if which is not None else None,
+                 sku=binding.sku, **_named(binding), action=which.action if which is not None else None,
                  stock=binding.base_woo, wrote=msgspec.to_builtins(change) if not change.empty else None)
         return True
+
+
+def _named(binding: Binding) -> dict[str, str]:
+    """A product without a SKU is named by its name in log lines (``sku=`` alone finds nothing)."""
+    return {} if binding.sku else {"product": binding.name}

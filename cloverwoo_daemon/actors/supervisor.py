@@ -12,6 +12,11 @@ Rules (style.md, habit 7):
 - The watchdog heartbeat is the supervisor's own loop: systemd gets
   ``WATCHDOG=1`` only while this loop runs, so a wedged event loop is
   restarted by systemd.
+- Only a shutdown ends an actor: :meth:`Supervisor.shutdown` is a signal the
+  composition root sends, never inferred. An actor that returns while the
+  daemon runs has stopped doing its work (a loop that fell through, an
+  inbox closed by mistake): it is logged and restarted like a crash, and
+  counts against the same budget, so a loop that keeps returning escalates.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class CrashBudgetExceeded(Exception):
     """An actor kept crashing; the daemon must exit non-zero."""
 
 
+class ActorReturned(Exception):
+    """An actor's run returned although no shutdown was signalled: restarted as if it had crashed."""
+
+
 @dataclass
 class ActorState:
     name: str
@@ -54,6 +63,11 @@ class Supervisor:
         self.backoff = backoff or Backoff(base=0.2, cap=10.0, max_attempts=1_000_000)
         self.actors: dict[str, ActorState] = {}
         self.last_heartbeat = trio.current_time()
+        self.stopping = trio.Event()
+
+    def shutdown(self) -> None:
+        """The daemon is shutting down: an actor that returns from now on is done, not restarted."""
+        self.stopping.set()
 
     def all_running(self) -> bool:
         return all(a.running for a in self.actors.values())
@@ -75,7 +89,9 @@ class Supervisor:
                         first = False
                         task_status.started()
                 state.running = False
-                return  # the actor returned: its inbox was closed, a normal shutdown
+                if self.stopping.is_set():
+                    return  # the daemon is shutting down: done
+                raise ActorReturned(f"actor {name} returned while the daemon runs")
             except Exception as exc:
                 state.running = False
                 now = trio.current_time()

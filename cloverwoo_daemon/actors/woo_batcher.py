@@ -13,7 +13,10 @@ Rules:
   write in flight, so one batch never holds two writes to one product.
 - Each caller gets its own result; when the whole call fails every caller
   gets the exception and retries through its merge (the version marker tells
-  whether its delta landed).
+  whether its delta landed). A batch cut short (the writer restarted) fails
+  its callers with ``RemoteError``: the same retry, never a cancellation
+  carried from the writer's task into theirs.
+- Work queued when the writer restarts is sent by the next incarnation.
 """
 
 from __future__ import annotations
@@ -21,18 +24,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import outcome
 import trio
 
 from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
-from cloverwoo_daemon.ports import StockWrite, WooPort
+from cloverwoo_daemon.ports import RemoteError, StockWrite, WooPort
 
 
 @dataclass
 class _Waiter:
     changes: list[StockWrite]  # may carry extra meta
     done: trio.Event = field(default_factory=trio.Event)
-    result: outcome.Outcome[list[WooWriteResult]] | None = None
+    results: list[WooWriteResult] | None = None
+    error: Exception | None = None
 
 
 class BatchingWoo:
@@ -51,6 +54,8 @@ class BatchingWoo:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
             task_status.started()
+            if self._queue:
+                self._wakeup.set()  # queued while the last incarnation was going down
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
@@ -80,25 +85,25 @@ class BatchingWoo:
     async def _send(self, batch: list[_Waiter]) -> None:
         try:
             changes = [c for w in batch for c in w.changes]
-            result = await outcome.acapture(self.woo.apply_deltas, changes)
-            self.batches += 1
-            self.writes += len(changes)
-            if isinstance(result, outcome.Value):
-                results = result.unwrap()
+            try:
+                results = await self.woo.apply_deltas(changes)
+            except Exception as exc:  # every caller gets it, in its own task (cancellation is not caught)
+                for w in batch:
+                    w.error = exc
+            else:
                 i = 0
                 for w in batch:
-                    w.result = outcome.Value(results[i:i + len(w.changes)])
+                    w.results = results[i:i + len(w.changes)]
                     i += len(w.changes)
-            else:
-                for w in batch:
-                    w.result = result
+            self.batches += 1
+            self.writes += len(changes)
         finally:
             self._slots.release()
             self._in_flight -= 1
             self._wakeup.set()  # what gathered meanwhile may go now
             for w in batch:
-                if w.result is None:
-                    w.result = outcome.Error(RuntimeError("batch cancelled before an answer"))
+                if w.results is None and w.error is None:
+                    w.error = RemoteError("woocommerce batch cut short (the writer restarted); retried")
                 w.done.set()
 
     # -------------------------------------------------------------- WooPort
@@ -109,9 +114,15 @@ class BatchingWoo:
         w = _Waiter(list(changes))
         self._queue.append(w)
         self._wakeup.set()
-        await w.done.wait()
-        assert w.result is not None
-        return w.result.unwrap()
+        try:
+            await w.done.wait()
+        finally:
+            if w in self._queue:  # its caller is gone (cancelled): the write is not sent on its behalf later
+                self._queue.remove(w)
+        if w.error is not None:
+            raise w.error
+        assert w.results is not None
+        return w.results
 
     async def get_stock(self, ref: WooRef) -> WooStock:
         return await self.woo.get_stock(ref)

@@ -63,7 +63,7 @@ class WooPoller:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         if not self.poll_every:
-            return
+            await trio.sleep_forever()  # polling is off: nothing to do, and returning would mean "broken"
         cursor = await self.store.get_kv(CURSOR_KEY) or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
         while True:
             await trio.sleep(self.poll_every)

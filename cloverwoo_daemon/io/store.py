@@ -235,9 +235,15 @@ def _m3_alerts(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX alerts_pending ON alerts(id) WHERE email_id IS NULL")
 
 
+def _m4_log_by_binding(conn: sqlite3.Connection) -> None:
+    """The sync log by binding: a product without a SKU is found by its binding (``cloverwoo log``), and a
+    sync-failure alert reads its binding's last error, without scanning 90 days of log."""
+    conn.execute("CREATE INDEX sync_log_binding ON sync_log(binding_id, id)")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_m1_initial, _m2_log_and_conflicts, _m3_alerts)
+MIGRATIONS: tuple[Migration, ...] = (_m1_initial, _m2_log_and_conflicts, _m3_alerts, _m4_log_by_binding)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -358,12 +364,16 @@ def _insert_log(conn: sqlite3.Connection, rows: Iterable[SyncLogRow]) -> list[in
     ]
 
 
-def _add_conflict(conn: sqlite3.Connection, c: Conflict) -> int:
+def _add_conflict(conn: sqlite3.Connection, c: Conflict, fold: Callable[[str, str], str] | None = None) -> int:
     found = conn.execute(
-        "SELECT id FROM conflicts WHERE binding_id = ? AND kind = ? AND resolved_at IS NULL",
+        "SELECT id, detail FROM conflicts WHERE binding_id = ? AND kind = ? AND resolved_at IS NULL",
         (c.binding_id, c.kind),
     ).fetchone()
     if found is not None:
+        if fold is not None:
+            detail = fold(found[1], c.detail)
+            if detail != found[1]:
+                conn.execute("UPDATE conflicts SET detail = ? WHERE id = ?", (detail, found[0]))
         return int(found[0])
     row = conn.execute(
         "INSERT INTO conflicts (binding_id, sku, kind, detail, created_at, resolved_at) "
@@ -769,13 +779,17 @@ class Store:
         intent: bytes | None | Literal["clear"] = None,
         log: SyncLogRow | None = None,
         conflict: Conflict | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         """Record everything one merge step decided, atomically.
 
         ``intent``: bytes replace the binding's write intent, ``"clear"``
         deletes it, ``None`` leaves it alone. The new binding row, the intent
         change, the log row and the conflict (deduplicated like
-        ``add_conflict``) land together or not at all.
+        ``add_conflict``) land together or not at all. ``after_commit`` runs
+        (in trio, never raising) once the commit is durable, even when the
+        caller was cancelled while its request was being committed: the
+        caller's in-memory state then follows the file, never lags behind it.
         """
         params = _binding_params(binding)
 
@@ -790,7 +804,7 @@ class Store:
             if conflict is not None:
                 _add_conflict(conn, conflict)
 
-        await self._write(fn)
+        await self._write(fn, None if after_commit is None else lambda _: after_commit())
 
     # ------------------------------------------------------------------ sync log
 
@@ -811,8 +825,11 @@ class Store:
         after_id: int = 0,
         limit: int = 200,
         newest: bool = False,
+        binding_ids: Sequence[str] | None = None,
     ) -> list[SyncLogRow]:
         """Log rows in id order; ``level`` keeps that level and more severe ones.
+
+        ``binding_ids`` keeps the rows of those bindings (with ``sku``: rows matching either).
 
         ``after_id`` pages forward (``--follow``). ``newest=True`` picks the
         last ``limit`` matching rows instead of the first (still returned in
@@ -820,7 +837,15 @@ class Store:
         """
         where = ["id > ?"]
         args: list[Any] = [after_id]
-        if sku is not None:
+        if binding_ids:
+            ids = list(binding_ids)[:500]  # SQLite's bound-parameter cap; a name matches a handful
+            either = f"binding_id IN ({_placeholders(len(ids))})"
+            if sku is not None:
+                either = f"(sku = ? OR {either})"
+                args.append(sku)
+            where.append(either)
+            args.extend(ids)
+        elif sku is not None:
             where.append("sku = ?")
             args.append(sku)
         if level is not None:
@@ -863,9 +888,12 @@ class Store:
 
     # ------------------------------------------------------------------ conflicts
 
-    async def add_conflict(self, conflict: Conflict) -> int:
-        """Flag a conflict; an open one of the same binding and kind is returned instead of duplicated."""
-        return await self._write(lambda conn: _add_conflict(conn, conflict))
+    async def add_conflict(self, conflict: Conflict, *, fold: Callable[[str, str], str] | None = None) -> int:
+        """Flag a conflict; an open one of the same binding and kind is returned instead of duplicated.
+
+        ``fold(open_detail, new_detail)``, when given, becomes the open one's detail (in the same transaction).
+        """
+        return await self._write(lambda conn: _add_conflict(conn, conflict, fold))
 
     async def list_conflicts(self, include_resolved: bool = False) -> list[Conflict]:
         where = "" if include_resolved else "WHERE resolved_at IS NULL"

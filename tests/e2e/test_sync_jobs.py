@@ -98,15 +98,22 @@ async def test_reconcile_finds_and_fixes_drift_on_each_side(env_factory: Callabl
         w.woo.online_order({c.woo: 1})
         w.clover.pos_sale(w.locations["downtown"], {c.clover["downtown"]: 1})  # both sides of one product
         before = writes(env)
+        status = await _status(env)
+        startup = status["reconcile"]["last"]  # the reconcile every start runs
+        assert startup is not None and status["jobs"]["last"]["reconcile"]["dry_run"] is False
         dry, _ = await run_job(env, ReconcileRequest(dry_run=True))
         assert dry["state"] == "done" and dry["report"]["drifted"] == 3
         assert dry["report"]["drifted_woo_side"] == 2 and dry["report"]["drifted_clover_side"] == 2
         assert writes(env) == before
-        assert (await _status(env))["reconcile"]["last"] is None  # a dry run corrects nothing: not a reconcile
+        # a dry run corrects nothing: it is not the last reconcile, and does not hide the last real one
+        status = await _status(env)
+        assert status["reconcile"]["last"] == startup
+        assert status["jobs"]["last"]["reconcile"]["finished_at"] == startup
+        assert status["jobs"]["last_dry_run"]["reconcile"]["writes_planned"] == 3
         result, _ = await run_job(env, ReconcileRequest())
         assert result["report"]["drifted"] == 3
         last = (await _status(env))["reconcile"]["last"]
-        assert last is not None and abs(last - time.time()) < 60
+        assert last is not None and last > startup and abs(last - time.time()) < 60
         await settle(env)
         assert (w.woo_stock(a), w.clover_stock(a)) == (17, 17)
         assert (w.woo_stock(b), w.clover_stock(b)) == (18, 18)

@@ -440,6 +440,51 @@ async def test_conflicts_dedup_and_resolve(tmp_path: Path) -> None:
         assert await store.add_conflict(Conflict("woo:1:0", "A", "oversell", "new", 6.0)) not in (a, b, c)
 
 
+async def test_an_open_conflict_folds_a_new_flag_when_asked(tmp_path: Path) -> None:
+    async with running(tmp_path / "s.sqlite3") as store:
+        a = await store.add_conflict(Conflict("woo:1:0", "A", "oversell", "-1", 1.0), fold=lambda o, n: f"{o},{n}")
+        assert await store.add_conflict(Conflict("woo:1:0", "A", "oversell", "-3", 2.0),
+                                        fold=lambda o, n: f"{o},{n}") == a
+        assert await store.add_conflict(Conflict("woo:1:0", "A", "oversell", "-4", 3.0)) == a  # no fold: kept
+        (c,) = await store.list_conflicts()
+        assert (c.id, c.detail, c.created_at) == (a, "-1,-3", 1.0)
+
+
+async def test_after_commit_runs_once_durable_even_if_the_caller_was_cancelled(tmp_path: Path) -> None:
+    """A caller cancelled while its commit is on its way to disk must still see its memory follow."""
+    import time
+
+    b = binding("woo:1:0", version=1, base_woo=10)
+    seen: list[str] = []
+    async with running(tmp_path / "s.sqlite3") as store:
+        await store.put_bindings([b])
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as n:
+                n.start_soon(store._write, lambda conn: time.sleep(0.3))  # a slow request in the same batch
+                n.start_soon(lambda: store.commit_binding(msgspec_replace(b, version=3),
+                                                          after_commit=lambda: seen.append("v3")))
+                await trio.sleep(0.1)  # both are in the writer's batch, in its thread
+                scope.cancel()  # the caller goes away; its request commits anyway
+        assert seen == []
+        await trio.sleep(0.5)
+        (on_disk,) = await store.load_bindings()
+        assert on_disk.version == 3 and seen == ["v3"]
+
+
+async def test_the_log_by_binding(tmp_path: Path) -> None:
+    async with running(tmp_path / "s.sqlite3") as store:
+        await store.append_log([
+            SyncLogRow(ts=1.0, level="info", event="merge", sku="", binding_id="woo:7:0", detail="{}"),
+            SyncLogRow(ts=2.0, level="info", event="merge", sku="A", binding_id="woo:1:0", detail="{}"),
+            SyncLogRow(ts=3.0, level="info", event="merge", sku="", binding_id="woo:8:0", detail="{}"),
+        ])
+        assert [r.ts for r in await store.query_log(binding_ids=["woo:7:0", "woo:8:0"])] == [1.0, 3.0]
+        assert [r.ts for r in await store.query_log(sku="A", binding_ids=["woo:7:0"])] == [1.0, 2.0]
+        plan = store._conn.execute(  # type: ignore[union-attr]
+            "EXPLAIN QUERY PLAN SELECT id FROM sync_log WHERE binding_id = ? ORDER BY id", ("woo:7:0",)).fetchall()
+        assert "sync_log_binding" in str(plan)  # an index, not a scan of 90 days of log
+
+
 async def test_kv(tmp_path: Path) -> None:
     db = tmp_path / "s.sqlite3"
     async with running(db) as store:

@@ -1,0 +1,104 @@
+"""Finishing a merge that a crash (or a cancelled task) interrupted, before the binding is merged again.
+
+Rules:
+
+- The pure part is ``core.merge.recover``: the Woo write is settled by its
+  version marker, and a Woo write that did not land means no Clover write
+  was sent. What it leaves in doubt is a Clover location whose write began
+  and whose step was not committed.
+- A location in doubt is settled by a fresh read: equal to the recorded
+  target, the write landed (its step is applied); equal to what the write's
+  own read saw, it did not; anything else is a POS change in between, and
+  it is flagged ``ambiguous_write`` rather than guessed silently.
+- A location whose read-then-write never began (its ``clover_started`` entry
+  is absent) is not in doubt: nothing was sent. The executor takes a
+  location out of ``clover_started`` again when its read-then-write returned
+  without writing, so such a location never raises a false alarm.
+- A Clover item deleted since the interrupted write (``NotFound``) holds no
+  stock to compare or to protect: it is settled as gone, and the merge that
+  follows drops that location. Retrying the read could never succeed.
+- The recovered binding, the cleared intent, a log row and any conflict are
+  committed together; memory follows the store only once the commit landed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from cloverwoo_daemon.actors.shard.deps import ShardDeps
+from cloverwoo_daemon.actors.shard.log_rows import identity, row
+from cloverwoo_daemon.core import merge as core_merge
+from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.ports import NotFound
+
+_intent_decoder = msgspec.json.Decoder(core_merge.WriteIntent)
+
+
+def decode_intent(raw: bytes) -> core_merge.WriteIntent:
+    return _intent_decoder.decode(raw)
+
+
+async def recover(
+    deps: ShardDeps, binding: Binding, intent: core_merge.WriteIntent, marker: int | None, trigger: str,
+) -> Binding:
+    """Finish the bookkeeping of ``intent``'s merge on ``binding``; returns the binding as committed.
+
+    ``marker`` is the Woo version marker read back just now.
+    """
+    d = deps
+    recovered, in_doubt = core_merge.recover(binding, intent, marker)
+    resolved: dict[str, str] = {}
+    for loc in in_doubt:
+        target = intent.clover_targets.get(loc)
+        # read_then_write commits the target concurrently with the POST, so a kill can leave a
+        # landed write with no recorded target. The merge's own read plus the delta is the target it sent
+        # unless a POS change landed in between (then the fresh read matches neither and it is flagged);
+        # assuming "not landed" here made the next merge carry the write back to Woo: a sale twice.
+        if target is None and loc in intent.clover_started and loc in intent.clover_reads:
+            target = intent.clover_reads[loc] + intent.clover_deltas.get(loc, 0)
+        item_id = recovered.clover_items.get(loc)
+        started = loc in intent.clover_started and item_id is not None
+        if target is None or item_id is None or loc not in d.clovers:
+            # A write that began (read sent) but whose target was never recorded may have landed:
+            # nothing can tell, so it is flagged rather than guessed silently.
+            resolved[loc] = "in doubt: target unknown, assumed not landed" if started else "not written"
+            continue
+        try:
+            fresh = await d.clovers[loc].get_stock(item_id)
+        except NotFound:
+            resolved[loc] = "gone: Clover item deleted"
+            continue
+        before = target - intent.clover_deltas.get(loc, 0)  # what the pre-write read saw
+        if fresh == target:
+            recovered = core_merge.after_clover_step_from_intent(recovered, intent, loc)
+            resolved[loc] = "landed"
+        elif fresh == before:
+            resolved[loc] = "not landed"
+        else:
+            resolved[loc] = "in doubt: assumed not landed"
+    recovered = core_merge.finish_from_intent(recovered, intent)
+    conflict = None
+    if any(v.startswith("in doubt") for v in resolved.values()):
+        conflict = Conflict(binding_id=binding.binding_id, sku=binding.sku, kind="ambiguous_write",
+                            detail=json.dumps({**identity(binding), "locations": resolved,
+                                               "intent_version": intent.version}),
+                            created_at=time.time())
+    log_row = row(recovered, "warning", "recovered", trigger,
+                  detail={"woo_marker": marker, "intent_version": intent.version, "clover": resolved})
+    await d.store.commit_binding(recovered, intent="clear", log=log_row, conflict=conflict,
+                                 after_commit=_landed(d, recovered))
+    if conflict is not None:
+        d.on_conflict(conflict)
+    return recovered
+
+
+def _landed(d: ShardDeps, binding: Binding) -> Callable[[], None]:
+    def apply() -> None:
+        d.intents.pop(binding.binding_id, None)
+        d.table.put(binding)
+
+    return apply
