@@ -137,6 +137,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     elif rig is not None:
         how = "fresh, purged after" if rig.created else "kept"
         terminalreporter.write_line(
-            f"real store ({how}: {rig.dir}): up {rig.up_seconds:.1f} s, down {rig.down_seconds:.1f} s; "
-            f"{_REPORT['tests']} tests on it took {_REPORT['seconds']:.1f} s "
-            f"(real-store tier {rig.up_seconds + rig.down_seconds + _REPORT['seconds']:.0f} s)")
+            f"real-store tier: {_REPORT['tests']} tests in {_REPORT['seconds']:.0f} s (the store's up "
+            f"{rig.up_seconds:.1f} s included), then down {rig.down_seconds:.1f} s ({how}: {rig.dir})")

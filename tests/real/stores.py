@@ -440,11 +440,11 @@ class RealStore(WooStore):
         finally:
             self.rig.hold_cron(False)
 
-    async def pending_deliveries(self) -> int:
-        """Async deliveries queued in Action Scheduler and not yet sent."""
+    async def pending_deliveries(self, resource_id: int) -> int:
+        """Async deliveries about one product (or order) queued in Action Scheduler and not sent yet."""
         rows = await trio.to_thread.run_sync(self.rig.sql, (
-            "SELECT COUNT(*) FROM wp_actionscheduler_actions "
-            "WHERE hook = 'woocommerce_deliver_webhook_async' AND status = 'pending'"))
+            "SELECT COUNT(*) FROM wp_actionscheduler_actions WHERE hook = 'woocommerce_deliver_webhook_async' "
+            f"AND status = 'pending' AND args LIKE '%\"arg\":{int(resource_id)}}}'"))
         return int(rows[0][0])
 
     async def add_key(self, permission: str) -> tuple[str, str]:
@@ -498,7 +498,7 @@ class SimStore(WooStore):
     @asynccontextmanager
     async def deliveries_held(self) -> AsyncIterator[None]:
         before = self.sim.faults.webhook_delay
-        self.sim.faults.webhook_delay = max(before, 3.0)
+        self.sim.faults.webhook_delay = max(before, 8.0)
         try:
             yield
         finally:

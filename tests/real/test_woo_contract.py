@@ -459,6 +459,39 @@ async def test_paused_and_deleted_webhooks_deliver_nothing(store: WooStore, webh
     assert listener.received == []
 
 
+async def test_a_no_op_write_still_bumps_the_date_and_fires(
+    store: WooStore, webhook_listener: WebhookListener
+) -> None:
+    listener = webhook_listener
+    await store.set_sync_webhooks(True)
+    item = await store.create_product(stock=4)
+    await store.create_webhook("product.updated", listener.url, listener.secret)
+    before = (await store.read(item))["date_modified_gmt"]
+    await next_second()
+    for body in ({"inventory_delta": 0}, {"stock_quantity": 4}):
+        answer = await store.ok("PUT", item.path, json=body)
+        assert (answer["stock_quantity"], answer["date_modified_gmt"] > before) == (4, True)
+    assert [r.json()["stock_quantity"] for r in listener.deliveries()] == [4, 4]  # so never write what is there
+
+
+async def test_failed_deliveries_disable_a_webhook_at_the_seventh(
+    store: WooStore, webhook_listener: WebhookListener
+) -> None:
+    listener = webhook_listener
+    await store.set_sync_webhooks(True)
+    item = await store.create_product(stock=50)
+    hook = await store.create_webhook("product.updated", listener.url, listener.secret)
+    listener.status = 500
+    statuses = []
+    for _ in range(8):
+        await store.ok("PUT", item.path, json={"inventory_delta": -1})
+        statuses.append((await store.ok("GET", f"/webhooks/{hook['id']}"))["status"])
+    assert statuses == ["active"] * 6 + ["disabled"] * 2
+    assert len(listener.deliveries()) == 7  # the eighth change was not even sent
+    async with store.client() as woo:
+        assert [h.id for h in await woo.list_webhooks("disabled") if h.id == hook["id"]] == [hook["id"]]
+
+
 async def test_async_delivery_waits_and_coalesces(store: WooStore, webhook_listener: WebhookListener) -> None:
     listener = webhook_listener
     item = await store.create_product(stock=9)
@@ -472,6 +505,8 @@ async def test_async_delivery_waits_and_coalesces(store: WooStore, webhook_liste
         await store.ok("PUT", item.path, json={"stock_quantity": 7})
         await store.ok("PUT", item.path, json={"stock_quantity": 6})
         answered = time.monotonic()
+        async with store.cron_ticking():  # held even with traffic (a daemon's polls are traffic too)
+            await trio.sleep(2.5)
         assert listener.deliveries() == []
     async with store.cron_ticking():
         await wait_for(lambda: bool(listener.deliveries()), timeout=180,
