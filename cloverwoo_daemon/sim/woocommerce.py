@@ -1465,9 +1465,7 @@ class WooSim:
             if body.get("status") is not None:
                 if body["status"] not in ("active", "paused", "disabled"):
                     raise _invalid_param("status", "status is not one of active, paused, and disabled.")
-                wh.status = body["status"]
-                if wh.status == "active":
-                    wh.failure_count = 0
+                wh.status = body["status"]  # the failure count stays: only a successful delivery resets it
             url_changed = "delivery_url" in body and body["delivery_url"] != wh.delivery_url
             for name in ("name", "delivery_url", "secret", "topic"):
                 if body.get(name):

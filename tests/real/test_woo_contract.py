@@ -450,6 +450,12 @@ async def test_paused_and_deleted_webhooks_deliver_nothing(store: WooStore, webh
         await woo.update_webhook(wid, status="active")
     await store.ok("PUT", item.path, json={"inventory_delta": -1})
     assert [r.json()["stock_quantity"] for r in listener.deliveries()] == [3]
+    listener.secret, old = secrets.token_hex(24), listener.secret  # `webhooks register` re-keys a webhook
+    async with store.client() as woo:
+        await woo.update_webhook(wid, secret=listener.secret)
+    await store.ok("PUT", item.path, json={"inventory_delta": 0})
+    assert [r.verified for r in listener.deliveries()] == [True, True]
+    assert "secret" not in await store.ok("GET", f"/webhooks/{wid}") and old != listener.secret
     resp = await store.request("DELETE", f"/webhooks/{wid}")
     assert error(resp) == (501, "woocommerce_rest_trash_not_supported")
     await store.delete_webhook(wid)
@@ -490,6 +496,18 @@ async def test_failed_deliveries_disable_a_webhook_at_the_seventh(
     assert len(listener.deliveries()) == 7  # the eighth change was not even sent
     async with store.client() as woo:
         assert [h.id for h in await woo.list_webhooks("disabled") if h.id == hook["id"]] == [hook["id"]]
+        await woo.update_webhook(hook["id"], status="active")
+        await store.ok("PUT", item.path, json={"inventory_delta": -1})
+        # re-activating keeps the failure count: one more failure disables it again
+        assert (await store.ok("GET", f"/webhooks/{hook['id']}"))["status"] == "disabled"
+        assert len(listener.deliveries()) == 8
+        listener.status = 200
+        await woo.update_webhook(hook["id"], status="active")
+        for _ in range(2):  # a success resets the count
+            await store.ok("PUT", item.path, json={"inventory_delta": -1})
+        listener.status = 500
+        await store.ok("PUT", item.path, json={"inventory_delta": -1})
+        assert (await store.ok("GET", f"/webhooks/{hook['id']}"))["status"] == "active"
 
 
 async def test_async_delivery_waits_and_coalesces(store: WooStore, webhook_listener: WebhookListener) -> None:
