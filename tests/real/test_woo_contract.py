@@ -284,7 +284,11 @@ async def test_errors_for_bad_ids_and_bad_values(store: WooStore) -> None:
          (404, "woocommerce_rest_product_variation_invalid_id")),
         ("PUT", f"/products/{parent.id}/variations/{MISSING}", {"inventory_delta": 1},
          (404, "woocommerce_rest_product_variation_invalid_id")),
+        ("DELETE", f"/products/{MISSING}", None, (404, "woocommerce_rest_product_invalid_id")),
         ("GET", f"/orders/{MISSING}", None, (404, "woocommerce_rest_shop_order_invalid_id")),
+        ("PUT", f"/orders/{MISSING}", {"status": "cancelled"}, (400, "woocommerce_rest_shop_order_invalid_id")),
+        ("GET", f"/webhooks/{MISSING}", None, (404, "woocommerce_rest_shop_webhook_invalid_id")),
+        ("PUT", f"/webhooks/{MISSING}", {"status": "paused"}, (400, "woocommerce_rest_shop_webhook_invalid_id")),
         ("PUT", item.path, {"stock_quantity": "abc"}, (400, "rest_invalid_param")),
         ("PUT", item.path, {"backorders": "maybe"}, (400, "rest_invalid_param")),
         ("GET", "/products?per_page=101", None, (400, "rest_invalid_param")),
@@ -297,6 +301,10 @@ async def test_errors_for_bad_ids_and_bad_values(store: WooStore) -> None:
         seen.append(error(await store.request(method, route, params=params, json=body)))
     assert seen == [c[3] for c in cases]
     assert await store.stock(item) == 1
+    assert await store.ok("GET", f"/products/{MISSING}/variations") == []  # a missing parent has none
+    answer = await store.ok("POST", f"/products/{MISSING}/variations/batch",
+                            json={"update": [{"id": MISSING, "inventory_delta": 1}]})
+    assert answer["update"][0]["error"]["code"] == "woocommerce_rest_product_variation_invalid_id"
     async with store.client() as woo:
         for ref in (WooRef(MISSING), WooRef(parent.id, MISSING)):
             try:
