@@ -249,8 +249,9 @@ class WooStore:
         self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None,
         auth: bool = True, key: tuple[str, str] | None = None,
     ) -> httpx.Response:
-        """One request to ``/wp-json/wc/v3`` + ``path``; ``auth=False`` sends no credentials at all."""
-        url = self.api_url + path
+        """One request to ``/wp-json/wc/v3`` + ``path`` (or to ``path`` itself when it starts with
+        ``/wp-json/``: another namespace, e.g. a plugin's); ``auth=False`` sends no credentials at all."""
+        url = (self.base_url if path.startswith("/wp-json/") else self.api_url) + path
         query = {k: str(v) for k, v in (params or {}).items()}
         ck, cs = key or (self.consumer_key, self.consumer_secret)
         basic = None

@@ -11,7 +11,7 @@ async def test_the_store_is_the_pinned_wordpress_and_woocommerce(realwoo: RealSt
     status = await realwoo.ok("GET", "/system_status", params={"_fields": "environment"})
     env = status["environment"]
     assert (env["version"], env["wp_version"]) == ("11.0.1", "7.1")
-    settings = await realwoo.ok("GET", "/settings/products/woocommerce_manage_stock")
+    settings = await realwoo.ok("GET", "/wp-json/wc/v3/settings/products/woocommerce_manage_stock")  # any namespace
     assert settings["value"] == "yes"
 
 
