@@ -358,6 +358,10 @@ class WooStore:
         self._webhooks.append(int(data["id"]))
         return data
 
+    def adopt_webhook(self, webhook_id: int) -> None:
+        """Delete this webhook too when the test ends (one created another way, e.g. by the daemon)."""
+        self._webhooks.append(webhook_id)
+
     async def set_webhook_status(self, webhook_id: int, status: str) -> dict[str, Any]:
         """``paused`` stops deliveries, ``active`` resumes them."""
         return await self.ok("PUT", f"/webhooks/{webhook_id}", json={"status": status})

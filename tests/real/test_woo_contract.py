@@ -447,8 +447,13 @@ async def test_paused_and_deleted_webhooks_deliver_nothing(store: WooStore, webh
     listener = webhook_listener
     await store.set_sync_webhooks(True)
     item = await store.create_product(stock=5)
-    hook = await store.create_webhook("product.updated", listener.url, listener.secret)
-    wid = int(hook["id"])
+    async with store.client() as woo:  # as `webhooks register` creates them
+        made = await woo.create_webhook("product.updated", listener.url, listener.secret, name="cloverwoo-test")
+    wid = made.id
+    store.adopt_webhook(wid)
+    assert (made.topic, made.status, made.delivery_url, made.name) == (
+        "product.updated", "active", listener.url, "cloverwoo-test")
+    assert [r.body for r in listener.pings()] == [f"webhook_id={wid}".encode()]
     assert (await store.set_webhook_status(wid, "paused"))["status"] == "paused"
     await store.ok("PUT", item.path, json={"inventory_delta": -1})
     assert listener.deliveries() == []
