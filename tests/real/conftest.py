@@ -32,6 +32,9 @@ Fixtures (all function-scoped unless said):
     API key), ``rig.dir`` / ``rig.mu_plugins`` (to install a plugin file; it
     is live on the next request) and ``rig.sql(query)``. At the end of the
     test its webhooks and keys are deleted and delivery is async again.
+    A plugin file a test installs is removed when that test ends (see the
+    ``store`` fixture of ``test_companion.py``): every other test sees the
+    store as the rig made it, without the companion.
 
 ``webhook_listener`` -> ``stores.WebhookListener``
     A receiver on ``127.0.0.1:<port 0>`` with its own ``secret``: give

@@ -290,13 +290,20 @@ class WooStore:
 
     async def create_variable_product(
         self, options: Mapping[str, int | None], *, sku: str | None = None, name: str | None = None,
-        attribute: str = "Size",
+        attribute: str = "Size", parent_stock: int | None = None,
     ) -> tuple[Item, list[Item]]:
-        """A variable product and one variation per option (SKU ``<sku>-<option>``; None: stock not managed)."""
+        """A variable product and one variation per option (SKU ``<sku>-<option>``; None: stock not managed).
+
+        ``parent_stock``: the parent manages a stock of its own, which the variations without
+        one draw from (as a checkout of them does).
+        """
         sku = self.sku("V") if sku is None else sku
-        parent = await self.ok("POST", "/products", json={
+        body: dict[str, Any] = {
             "name": name or f"Contract {sku}", "type": "variable", "sku": sku,
-            "attributes": [{"name": attribute, "options": list(options), "variation": True, "visible": True}]})
+            "attributes": [{"name": attribute, "options": list(options), "variation": True, "visible": True}]}
+        if parent_stock is not None:
+            body |= {"manage_stock": True, "stock_quantity": parent_stock}
+        parent = await self.ok("POST", "/products", json=body)
         pid = int(parent["id"])
         variations = []
         for option, stock in options.items():
@@ -385,8 +392,12 @@ class WooStore:
         """While inside, async deliveries wait (and coalesce); they go out after it, given traffic."""
         raise NotImplementedError
 
-    async def add_key(self, permission: str) -> tuple[str, str]:
-        """A new REST API key (``read``, ``write`` or ``read_write``): (consumer key, consumer secret)."""
+    async def add_key(self, permission: str, *, user_id: int = 1) -> tuple[str, str]:
+        """A new REST API key (``read``, ``write`` or ``read_write``): (consumer key, consumer secret).
+
+        ``user_id``: whose key it is (the real store only: 1 is the admin; a customer's
+        read_write key still lacks ``edit_products``).
+        """
         raise NotImplementedError
 
     async def oauth_twin(self, nursery: trio.Nursery) -> WooStore:
@@ -452,13 +463,14 @@ class RealStore(WooStore):
             f"AND status = 'pending' AND args LIKE '%\"arg\":{int(resource_id)}}}'"))
         return int(rows[0][0])
 
-    async def add_key(self, permission: str) -> tuple[str, str]:
+    async def add_key(self, permission: str, *, user_id: int = 1) -> tuple[str, str]:
         assert permission in ("read", "write", "read_write"), permission
         ck, cs = "ck_" + secrets.token_hex(20), "cs_" + secrets.token_hex(20)
         hashed = hmac.new(b"wc-api", ck.encode(), hashlib.sha256).hexdigest()  # wc_api_hash()
         await trio.to_thread.run_sync(self.rig.sql, (
             "INSERT INTO wp_woocommerce_api_keys (user_id, description, permissions, consumer_key, consumer_secret,"
-            f" truncated_key) VALUES (1, 'cloverwoo-test', '{permission}', '{hashed}', '{cs}', '{ck[-7:]}')"))
+            f" truncated_key) VALUES ({int(user_id)}, 'cloverwoo-test', '{permission}', '{hashed}', '{cs}',"
+            f" '{ck[-7:]}')"))
         self._keys.append(hashed)
         return ck, cs
 
@@ -509,7 +521,7 @@ class SimStore(WooStore):
         finally:
             self.sim.faults.webhook_delay = before
 
-    async def add_key(self, permission: str) -> tuple[str, str]:
+    async def add_key(self, permission: str, *, user_id: int = 1) -> tuple[str, str]:
         return self.sim.add_key(permission)
 
     async def oauth_twin(self, nursery: trio.Nursery) -> WooStore:

@@ -1,10 +1,10 @@
 """The WordPress companion's contract, against the simulator and against a REAL WooCommerce.
 
-Each test runs twice: ``sim`` (``WooSim(companion=True)``) and ``real`` (WordPress 7.1 +
-WooCommerce 11.0.1 from ``../shared/realwoo`` with ``wordpress/cloverwoo-companion.php`` copied into
-its mu-plugins), driven over HTTP by the daemon's own client (``io.woocommerce.WooClient``) or, for
-input the client refuses to send, by raw requests. The ``real`` side is skipped, with the reason,
-when the rig is not there.
+Each test runs twice: ``sim`` (``WooSim(companion=True)``) and ``real`` (the session's WordPress 7.1 +
+WooCommerce 11.0.1 from tests/real/conftest.py, with ``wordpress/cloverwoo-companion.php`` copied
+into its mu-plugins for the test and removed after it), driven over HTTP by the daemon's own client
+(``io.woocommerce.WooClient``) or, for input the client refuses to send, by raw requests. The
+``real`` side is skipped, with the reason, when the rig is not there.
 
 What it proves: stock changes are atomic against concurrent checkouts (where ``inventory_delta``
 loses units; both figures printed), exactly-once by write id (a resend, a lost answer, a proxy's 503
@@ -14,17 +14,14 @@ echo (product.updated still fires, with the new stock), and the write-id cleanup
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.server
 import json
-import os
 import random
 import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from cloverwoo_daemon.core.model import StockChange, WooRef
 from cloverwoo_daemon.io.woocommerce import WooClient, WriteOutcomeUnknown
 from cloverwoo_daemon.ports import CompanionMissing
 from cloverwoo_daemon.sim.woocommerce import COMPANION_VERSION, WooSim
+from tests.real.stores import Item, RealStore, Rig, SimStore, WooStore
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "wordpress" / "cloverwoo-companion.php"
@@ -45,46 +43,20 @@ RETRY = Backoff(base=0.05, cap=0.5, max_attempts=5)
 
 
 # --------------------------------------------------------------------------------------------------
-# The real store. LOCAL FIXTURE, to be merged with the shared one in tests/real/conftest.py: one store
-# per session, started with the rig's `up` (or an already running one named by CLOVERWOO_REALWOO_STORE),
-# the companion copied into its mu-plugins, stopped and deleted at the end when this session started it.
-
-
-def _rig() -> Path:
-    return Path(os.environ.get("CLOVERWOO_REALWOO_RIG") or REPO.parent / "shared" / "realwoo")
-
-
-@pytest.fixture(scope="session")
-def realwoo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    rig = _rig()
-    existing = os.environ.get("CLOVERWOO_REALWOO_STORE")
-    if not existing and not (rig / "up").is_file():
-        pytest.skip(f"no realwoo rig at {rig} (set CLOVERWOO_REALWOO_RIG)")
-    if not existing and os.geteuid() != 0 and not (shutil.which("php8.2") and shutil.which("mariadbd")):
-        pytest.skip("the realwoo rig needs PHP 8.2 and MariaDB installed, or root to install them")
-    store = Path(existing) if existing else tmp_path_factory.mktemp("realwoo-companion")
-    up = subprocess.run([str(rig / "up"), str(store)], capture_output=True, text=True, timeout=600)
-    assert up.returncode == 0, f"realwoo up failed:\n{up.stderr[-3000:]}"
-    try:
-        env = json.loads((store / "env.json").read_text())
-        mu = store / "www" / "wp-content" / "mu-plugins"
-        shutil.copyfile(PLUGIN, mu / PLUGIN.name)  # the whole install: one file copied
-        yield env
-    finally:
-        if not existing:
-            subprocess.run([str(rig / "down"), str(store), "--purge"], capture_output=True, timeout=300)
-
-
-# --------------------------------------------------------------------------------------------------
-# One interface over both stores: what a test needs to arrange and observe.
+# One interface over both stores: what a test needs to arrange and observe, built on the tier's shared
+# helpers (tests/real/stores.py) and the session's one real store (tests/real/conftest.py).
 
 
 class Store:
-    kind: str
-    base_url: str
-    key: str
-    secret: str
-    auth = "auto"  # the real store is plain http: OAuth 1.0a (Basic works too, the rig fakes HTTPS)
+    """The companion's view of one store (``stores.WooStore``): refs in, figures out."""
+
+    def __init__(self, woo: WooStore) -> None:
+        self.woo = woo
+        self.kind = woo.kind
+        self.base_url, self.key, self.secret = woo.base_url, woo.consumer_key, woo.consumer_secret
+        # the simulator plays an HTTPS store (is_ssl()), where WooCommerce takes Basic only; the real store
+        # is plain http: OAuth 1.0a (Basic works too, the rig fakes HTTPS)
+        self.auth = "basic" if woo.kind == "sim" else "auto"
 
     def client(self, *, key: str | None = None, secret: str | None = None, **kw: Any) -> WooClient:
         kw.setdefault("auth", self.auth)
@@ -96,161 +68,85 @@ class Store:
         """Basic auth (the rig fakes HTTPS for non-OAuth requests; the simulator serves https-mode)."""
         return httpx.AsyncClient(auth=(self.key, self.secret), timeout=60)
 
-    async def product(self, stock: int | None, *, manage: bool = True) -> WooRef: ...
-    async def variable(self, stocks: dict[str, int | None], *, parent_stock: int | None = None) -> list[WooRef]: ...
-    async def stock(self, ref: WooRef) -> int | None: ...
-    async def rest(self, ref: WooRef) -> dict[str, Any]: ...
-    async def checkout(self, ref: WooRef, qty: int = 1) -> None: ...
-    async def trash(self, ref: WooRef) -> None: ...
-    async def read_only_key(self) -> tuple[str, str]: ...
-    async def age_write_id(self, write_id: str, days: int) -> None: ...
-    def webhook_deliveries(self) -> int: ...
-
-
-class SimStore(Store):
-    kind = "sim"
-    auth = "basic"  # the simulator plays an HTTPS store (is_ssl()), where WooCommerce takes Basic only
-
-    def __init__(self, sim: WooSim) -> None:
-        self.sim = sim
-        self.base_url, self.key, self.secret = sim.base_url, sim.consumer_key, sim.consumer_secret
-
     async def product(self, stock: int | None, *, manage: bool = True) -> WooRef:
-        return self.sim.add_product(f"P{secrets.token_hex(3)}", stock=stock, manage_stock=manage)
+        return (await self.woo.create_product(stock=stock, manage_stock=manage, price="5.00")).ref
 
     async def variable(self, stocks: dict[str, int | None], *, parent_stock: int | None = None) -> list[WooRef]:
-        refs = self.sim.add_variable_product(f"V{secrets.token_hex(3)}", stocks)
-        if parent_stock is not None:
-            parent = self.sim._products[refs[0].product_id]
-            parent.manage_stock, parent.stock_quantity = True, parent_stock
-        return refs
-
-    async def stock(self, ref: WooRef) -> int | None:
-        return self.sim.stock(ref)
+        _, variations = await self.woo.create_variable_product(stocks, parent_stock=parent_stock)
+        return [v.ref for v in variations]
 
     async def rest(self, ref: WooRef) -> dict[str, Any]:
-        return self.sim.product(ref)
-
-    async def checkout(self, ref: WooRef, qty: int = 1) -> None:
-        await trio.sleep(self.sim.latency.other)
-        self.sim.online_order({ref: qty})
-
-    async def trash(self, ref: WooRef) -> None:
-        self.sim.trash_product(ref)
-
-    async def read_only_key(self) -> tuple[str, str]:
-        return self.sim.add_key("read")
-
-    async def age_write_id(self, write_id: str, days: int) -> None:
-        self.sim.companion_writes[write_id]["ts"] -= days * 86400
-
-    def webhook_deliveries(self) -> int:
-        return len(self.sim.deliveries)
-
-
-class RealStore(Store):
-    kind = "real"
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.base_url, self.key, self.secret = env["REALWOO_URL"], env["REALWOO_CK"], env["REALWOO_CS"]
-        self.api = env["REALWOO_API"]
-        self.http = httpx.AsyncClient(auth=(self.key, self.secret), timeout=120)
-
-    async def call(self, method: str, path: str, body: Any = None, *, expect: int = 200) -> Any:
-        r = await self.http.request(method, self.api + path, json=body)
-        assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text[:400]}"
-        return r.json()
-
-    async def product(self, stock: int | None, *, manage: bool = True) -> WooRef:
-        body = {"name": f"Companion {secrets.token_hex(3)}", "sku": f"COMP-{secrets.token_hex(4)}",
-                "regular_price": "5.00", "manage_stock": manage}
-        if manage:
-            body["stock_quantity"] = stock
-        return WooRef((await self.call("POST", "/products", body, expect=201))["id"])
-
-    async def variable(self, stocks: dict[str, int | None], *, parent_stock: int | None = None) -> list[WooRef]:
-        body: dict[str, Any] = {"name": f"Companion tee {secrets.token_hex(3)}", "type": "variable",
-                                "attributes": [{"name": "Size", "options": list(stocks), "variation": True,
-                                                "visible": True}]}
-        if parent_stock is not None:
-            body |= {"manage_stock": True, "stock_quantity": parent_stock}
-        pid = (await self.call("POST", "/products", body, expect=201))["id"]
-        refs = []
-        for option, stock in stocks.items():
-            v: dict[str, Any] = {"regular_price": "5.00", "attributes": [{"name": "Size", "option": option}]}
-            v |= {"manage_stock": True, "stock_quantity": stock} if stock is not None else {"manage_stock": False}
-            refs.append(WooRef(pid, (await self.call("POST", f"/products/{pid}/variations", v, expect=201))["id"]))
-        return refs
-
-    async def rest(self, ref: WooRef) -> dict[str, Any]:
-        path = f"/products/{ref.product_id}/variations/{ref.variation_id}" if ref.variation_id else \
-            f"/products/{ref.product_id}"
-        return await self.call("GET", path)
+        return await self.woo.read(Item(ref, "", {}))
 
     async def stock(self, ref: WooRef) -> int | None:
         return (await self.rest(ref))["stock_quantity"]
 
     async def checkout(self, ref: WooRef, qty: int = 1) -> None:
-        line = {"product_id": ref.product_id, "quantity": qty}
-        if ref.variation_id:
-            line["variation_id"] = ref.variation_id
-        await self.call("POST", "/orders", {"set_paid": True, "line_items": [line]}, expect=201)
+        await self.woo.order({Item(ref, "", {}): qty})
 
     async def trash(self, ref: WooRef) -> None:
-        await self.call("DELETE", f"/products/{ref.product_id}")
-
-    def sql(self, query: str) -> str:
-        cnf = Path(self.env["REALWOO_DIR"]) / "my.cnf"
-        out = subprocess.run(["mariadb", f"--defaults-file={cnf}", "-N", "-B", self.env["REALWOO_DB_NAME"],
-                              "-e", query], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    async def key_for(self, user_id: int, permission: str) -> tuple[str, str]:
-        """A REST key as WooCommerce stores one: the key as HMAC-SHA256(key 'wc-api'), the secret as is."""
-        ck, cs = "ck_" + secrets.token_hex(20), "cs_" + secrets.token_hex(20)
-        hashed = hmac.new(b"wc-api", ck.encode(), hashlib.sha256).hexdigest()
-        self.sql("INSERT INTO wp_woocommerce_api_keys (user_id, description, permissions, consumer_key, "
-                 f"consumer_secret, truncated_key) VALUES ({user_id}, 'companion test', '{permission}', "
-                 f"'{hashed}', '{cs}', '{ck[-7:]}')")
-        return ck, cs
+        await self.woo.ok("DELETE", f"/products/{ref.product_id}")
 
     async def read_only_key(self) -> tuple[str, str]:
-        return await self.key_for(1, "read")
+        return await self.woo.add_key("read")
 
     async def customer_key(self) -> tuple[str, str]:
+        """A read_write key whose user is a customer (real store only: the simulator has no users)."""
+        assert isinstance(self.woo, RealStore)
         tag = secrets.token_hex(4)
-        user = await self.call("POST", "/customers", {"email": f"c{tag}@example.com", "username": f"c{tag}"},
-                               expect=201)
-        return await self.key_for(int(user["id"]), "read_write")
+        user = await self.woo.ok("POST", "/customers", json={"email": f"c{tag}@example.com", "username": f"c{tag}"})
+        return await self.woo.add_key("read_write", user_id=int(user["id"]))
 
     async def age_write_id(self, write_id: str, days: int) -> None:
-        self.sql(f"UPDATE wp_cloverwoo_writes SET created_gmt = UTC_TIMESTAMP() - INTERVAL {days} DAY "
-                 f"WHERE write_id = '{write_id}'")
-        self.sql("UPDATE wp_options SET option_value = '0' WHERE option_name = 'cloverwoo_companion_last_cleanup'")
+        if isinstance(self.woo, SimStore):
+            self.woo.sim.companion_writes[write_id]["ts"] -= days * 86400
+            return
+        assert isinstance(self.woo, RealStore)
+        for query in (f"UPDATE wp_cloverwoo_writes SET created_gmt = UTC_TIMESTAMP() - INTERVAL {days} DAY "
+                      f"WHERE write_id = '{write_id}'",
+                      "UPDATE wp_options SET option_value = '0' "
+                      "WHERE option_name = 'cloverwoo_companion_last_cleanup'"):
+            await trio.to_thread.run_sync(self.woo.rig.sql, query)
 
 
-@pytest.fixture(params=["sim", pytest.param("real", marks=pytest.mark.realwoo)])
-def store_kind(request: pytest.FixtureRequest) -> tuple[str, dict[str, str] | None]:
-    return request.param, request.getfixturevalue("realwoo_env") if request.param == "real" else None
+async def _set_sync_webhooks(store: Store, on: bool) -> None:
+    async with store.raw() as http:
+        r = await http.post(store.base_url + COMPANION + "/settings", json={"sync_webhooks": on})
+        assert r.status_code == 200, r.text
 
 
 @pytest.fixture
-async def store(store_kind: tuple[str, dict[str, str] | None], nursery: trio.Nursery) -> Any:
-    kind, env = store_kind
-    if env is None:
-        sim = WooSim(companion=True, write_window=0.03)
-        sim.latency.other = 0.01
-        await nursery.start(sim.run)
-        yield SimStore(sim)
+async def store(store_rig: Rig | None, nursery: trio.Nursery) -> AsyncIterator[Store]:
+    """This module's ``store``, over conftest's parametrization (``[sim]`` / ``[real]``, one real store per session).
+
+    ``[sim]``: ``WooSim(companion=True)``, its stock writes slowed to make races visible.
+    ``[real]``: the session's store with ``wordpress/cloverwoo-companion.php`` copied into its
+    mu-plugins for THIS TEST ONLY (the whole install: one file); the file is removed when the test
+    ends, whatever happened, so no other test of the session sees a companion it did not ask for.
+    Every test starts from the companion's default settings (asynchronous webhooks).
+    """
+    if store_rig is None:
+        sim = await SimStore.start(nursery, companion=True, write_window=0.03)
+        sim.sim.latency.other = 0.01
+        try:
+            yield Store(sim)
+        finally:
+            await sim.aclose()
         return
-    real = RealStore(env)
-    async with real.http:
-        async with real.raw() as http:  # every test starts from the default settings
-            r = await http.post(real.base_url + COMPANION + "/settings", json={"sync_webhooks": False})
-            assert r.status_code == 200, r.text
-        yield real
+    installed = store_rig.mu_plugins / PLUGIN.name
+    shutil.copyfile(PLUGIN, installed)
+    real = RealStore(store_rig)
+    try:
+        chosen = Store(real)
+        await _set_sync_webhooks(chosen, False)
+        yield chosen
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                await _set_sync_webhooks(Store(real), False)  # the option outlives the file: leave it off
+            finally:
+                installed.unlink(missing_ok=True)
+                await real.aclose()
 
 
 def ids(prefix: str, n: int) -> list[str]:
@@ -478,12 +374,12 @@ async def test_authentication(store: Store) -> None:
         assert r.status_code == 401 and "write permission" in r.json()["message"], r.text
         r = await http.post(store.base_url + COMPANION + "/settings", json={"sync_webhooks": True})
         assert r.status_code == 401
-    if isinstance(store, RealStore):  # a read_write key whose user is a customer: no edit_products
+    if store.kind == "real":  # a read_write key whose user is a customer: no edit_products
         c_key, c_secret = await store.customer_key()
         async with httpx.AsyncClient(timeout=60, auth=(c_key, c_secret)) as http:
             r = await http.post(store.base_url + COMPANION + "/stock", json=change)
             assert r.status_code == 403 and r.json()["code"] == "cloverwoo_forbidden", r.text
-    schemes = ("basic", "oauth1") if isinstance(store, RealStore) else ("basic",)  # the sim plays HTTPS
+    schemes = ("basic", "oauth1") if store.kind == "real" else ("basic",)  # the sim plays HTTPS
     for auth in schemes:  # the daemon's client, with each of WooCommerce's key schemes
         async with store.client(auth=auth) as woo:
             assert (await woo.companion()) is not None
