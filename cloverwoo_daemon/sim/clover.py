@@ -38,7 +38,8 @@ against the real Clover, so the sim does it too):
   any one-second window and the highest concurrency, per token and per app;
   and every ``POST item_stocks/{id}`` that replaced a change made after the
   last ``GET item_stocks/{id}`` of that item (``stock_overwrites``): the
-  read-then-write race that Clover's absolute writes leave open.
+  read-then-write race that Clover's absolute writes leave open. Every applied
+  stock write is kept too (``stock_writes``: item, quantity, time).
 
 - OAuth v2 (§4.2; the ``OAuthSim`` block at the end of this module, reached
   as ``CloverSim.oauth``): ``/oauth/v2/authorize``, ``/oauth/v2/token`` and
@@ -192,6 +193,20 @@ class StockOverwrite(msgspec.Struct, frozen=True):
     written: float
     lost: float
     window: float  # seconds from that read to this write (trio clock)
+
+
+class StockWrite(msgspec.Struct, frozen=True):
+    """One ``POST item_stocks/{id}`` the sim applied: which item, what it wrote, and when (unix seconds).
+
+    Kept so a test can say which items were written and when, not only how many
+    writes reached the merchant (``count``): no write loop, nothing written for an
+    item that must be left alone.
+    """
+
+    merchant_id: str
+    item_id: str
+    quantity: float
+    at: float
 
 
 class WebhookAttempt(msgspec.Struct, frozen=True):
@@ -379,6 +394,7 @@ class CloverSim:
         self._app_scope = _Scope()
         self.webhook_log: list[WebhookAttempt] = []
         self.stock_overwrites: list[StockOverwrite] = []
+        self.stock_writes: list[StockWrite] = []  # every POST item_stocks/{id} applied, in order
         self.stock_write_windows: list[float] = []  # read-to-write seconds of every write that followed a read
         self._stock_reads: dict[tuple[str, str], tuple[float, float]] = {}  # (mId, item) -> (last GET answer, when)
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -871,6 +887,7 @@ class CloverSim:
                     sim.stock_overwrites.append(StockOverwrite(m.id, it.id, read, it.quantity, float(quantity),
                                                                it.quantity - read, window))
             sim._set_quantity(m, it, float(quantity))
+            sim.stock_writes.append(StockWrite(m.id, it.id, float(quantity), time.time()))
             if sim.emit_on_api_write:
                 sim._emit(m.id, "I", it.id, "UPDATE")
             return _json({"item": {"id": it.id}, "stockCount": round_half_up(float(quantity)),

@@ -97,7 +97,15 @@ def write_config(
     shards: int = 4,
     reconcile_every: str = "off",
     listen: str = "127.0.0.1:0",
+    woo_auth: str = "basic",
+    public_url: str = "",
 ) -> Path:
+    """The daemon's config for a world in ``world_dir``, its secrets in ``world_dir/credentials`` (mode 0600).
+
+    ``woo_auth`` is ``woocommerce.auth`` (the simulator plays an HTTPS store: Basic);
+    ``public_url`` is ``server.public_url`` (what ``webhooks register`` points the
+    store at), left out when empty.
+    """
     creds = world_dir / "credentials"
     creds.mkdir(parents=True, exist_ok=True)
     files = {"woo_key": woo_key, "woo_secret": woo_secret, "woo_webhook_secret": webhook_secret,
@@ -112,10 +120,11 @@ def write_config(
         f"primary = {'true' if i == 0 else 'false'}\n"
         for i, (name, mid) in enumerate(locations.items())
     )
+    public_line = f'public_url = "{public_url}"\n' if public_url else ""
     text = f"""# written by cloverwoo_daemon.sim.harness for the simulated stores
 [server]
 listen = "{listen}"
-
+{public_line}
 [control]
 socket = "{world_dir / 'control.sock'}"
 
@@ -124,7 +133,7 @@ path = "{world_dir / 'state.sqlite3'}"
 
 [woocommerce]
 base_url = "{woo_url}"
-auth = "basic"
+auth = "{woo_auth}"
 consumer_key_file = "{creds / 'woo_key'}"
 consumer_secret_file = "{creds / 'woo_secret'}"
 webhook_secret_file = "{creds / 'woo_webhook_secret'}"

@@ -50,6 +50,13 @@ Fixtures (all function-scoped unless said):
 ``realwoo_rig`` (session) -> ``stores.Rig``
     The running store itself (URL, key, directory).
 
+``daemon_world`` (module) -> ``daemon_world.DaemonWorld``
+    The daemon in the loop: the real store, the Clover simulator and the
+    daemon started as the units start it (``cloverwoo run --config``), Basic
+    auth, the store's webhooks created by ``cloverwoo webhooks register``.
+    One per test module; tests make their own products (``pair``,
+    ``variable_pair``) and ``bind`` them. Read ``daemon_world.py``'s docstring.
+
 Every test that uses the real store is marked ``realwoo``:
 ``pytest -m realwoo`` runs only them, ``-m "not realwoo"`` none of them.
 Use ``stores.wait_for(predicate, timeout=, what=)`` for every wait.
@@ -65,6 +72,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.real.daemon_world import DaemonWorld
 from tests.real.stores import RealStore, Rig, SimStore, WebhookListener, WooStore, find_rig
 
 _REPORT: dict[str, Any] = {"skip": None, "rig": None, "seconds": 0.0, "tests": 0}
@@ -86,6 +94,12 @@ def realwoo_rig() -> Iterator[Rig]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon_world(realwoo_rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonWorld]:
+    with DaemonWorld.start(realwoo_rig, tmp_path_factory.mktemp("daemon-world")) as world:
+        yield world
 
 
 @pytest.fixture

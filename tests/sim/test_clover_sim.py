@@ -109,6 +109,8 @@ async def test_item_stock_record_semantics(sim, http):
     assert {e["item"]["id"] for e in listing["elements"]} == {tracked, untracked}
     assert sim.count("POST item_stocks/{id}", A) == 5
     assert sim.count("GET item_stocks/{id}", A) == 2
+    # the write log keeps the applied writes only (the four refused ones are not there), in order
+    assert [(w.merchant_id, w.item_id, w.quantity) for w in sim.stock_writes] == [(A, untracked, 160.5)]
 
 
 async def test_items_listing_paging_filters_and_expand(sim, http):
