@@ -63,7 +63,13 @@ import httpx
 import trio
 
 from cloverwoo_daemon.io.control import control_call, control_stream
-from cloverwoo_daemon.messages import ControlRequest, ExportCsvRequest, ReconcileRequest, StatusRequest
+from cloverwoo_daemon.messages import (
+    ControlRequest,
+    ExportCsvRequest,
+    LogRequest,
+    ReconcileRequest,
+    StatusRequest,
+)
 from cloverwoo_daemon.sim.clover import CloverSim, StockWrite
 from cloverwoo_daemon.sim.harness import write_config
 from tests.e2e.daemon_proc import REPO, DaemonProc, daemon_env, free_port, is_idle
@@ -311,6 +317,10 @@ class DaemonWorld:
         assert result.get("state") == "done", f"job {request} did not finish: {result}\n{self.daemon.tail()}"
         return result
 
+    async def reconcile(self) -> dict[str, Any]:
+        """``cloverwoo reconcile``: compares every binding with both catalogues (and binds new products)."""
+        return await self.job(ReconcileRequest())
+
     async def csv_rows(self) -> list[dict[str, str]]:
         """The stock CSV (``export-csv``), one dict per row."""
         resp = await control_call(self.daemon.control_socket, ExportCsvRequest(), timeout=60.0)
@@ -364,6 +374,18 @@ class DaemonWorld:
             if all(got.get(k) == v for k, v in labels.items()):
                 total += value
         return total
+
+    async def sync_log(self, key: str) -> list[dict[str, Any]]:
+        """The sync log of one product (``cloverwoo log --sku KEY``: a SKU, a name or a Woo id), oldest first."""
+        resp = await control_call(self.daemon.control_socket, LogRequest(sku=key, limit=1000), timeout=30.0)
+        assert resp.ok, resp.error
+        assert isinstance(resp.data, list)
+        return sorted(resp.data, key=lambda r: r["id"])
+
+    async def merges(self, key: str) -> list[dict[str, Any]]:
+        """The ``merge`` rows of one product's sync log, each with its ``detail`` decoded."""
+        return [{**r, "detail": json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]}
+                for r in await self.sync_log(key) if r["event"] == "merge"]
 
     async def log_events(self, event: str) -> list[dict[str, Any]]:
         """The daemon's JSON log lines of one event, so far (every run)."""
@@ -444,7 +466,7 @@ class DaemonWorld:
     async def bind(self, *pairs: Pair) -> dict[str, Any]:
         """Bind new products now (a ``reconcile``: the catalogue read that matches them) and wait until each
         pair is bound and synced; returns the reconcile's result."""
-        result = await self.job(ReconcileRequest())
+        result = await self.reconcile()
         missing: list[Pair] = []
         with trio.move_on_after(60.0):
             while True:

@@ -1,37 +1,449 @@
 """The daemon in the loop against a REAL WooCommerce and the Clover simulator, as a merchant runs it.
 
 One world for the module (``daemon_world``: tests/real/daemon_world.py): the daemon is a subprocess
-started as the units start it, driven over HTTP and its control socket; WooCommerce is the realwoo
-rig's WordPress 7.1 + WooCommerce 11.0.1. Each test makes its own products (unique SKUs and names)
-and binds them. Figures are printed (``pytest -s`` shows them), never asserted.
+started as the units start it (``cloverwoo run --config``), driven over HTTP, its control socket and
+the ``cloverwoo`` command; WooCommerce is the realwoo rig's WordPress 7.1 + WooCommerce 11.0.1, its
+webhooks created by ``cloverwoo webhooks register``. Each test makes its own products (unique SKUs
+and names) and binds them, so the tests share the world without interfering. Figures the run
+measures (latencies, writes, deliveries) are printed (``pytest -s`` shows them), never asserted.
+
+Webhook delivery: ``sync`` is the one-line mu-plugin the README recommends (WooCommerce delivers
+inside the request that fires); ``async`` is WooCommerce's default (Action Scheduler run by WP-Cron,
+20-60 s late). Where a test must prove that the catch-up poll carried a change, WP-Cron is HELD
+(``realwoo.deliveries_held()``: no async delivery can go out), because the daemon's own polling is
+the traffic that would otherwise run WP-Cron and let the late delivery race the poll.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import trio
 
-from tests.real.daemon_world import DaemonWorld
-from tests.real.stores import RealStore
+from tests.real.daemon_world import LOCATION, DaemonWorld
+from tests.real.stores import Item, RealStore
 
 pytestmark = pytest.mark.realwoo
 
+REPO = Path(__file__).resolve().parents[2]
+COMPANION = REPO / "wordpress" / "cloverwoo-companion.php"
+ACCEPTED = {"source": "woocommerce", "result": "accepted"}
 
-@pytest.mark.parametrize("delivery", ["sync", "async"])
-async def test_a_sale_each_way(daemon_world: DaemonWorld, realwoo: RealStore, delivery: str) -> None:
+
+@asynccontextmanager
+async def delivery_mode(woo: RealStore, delivery: str) -> AsyncIterator[None]:
+    """``sync``: WooCommerce delivers in-request; ``held``: the default async delivery with WP-Cron held,
+    so only the daemon's poll can see a change; ``async``: the default, WP-Cron left to the traffic."""
+    await woo.set_sync_webhooks(delivery == "sync")
+    if delivery == "held":
+        async with woo.deliveries_held():
+            yield
+    else:
+        yield
+
+
+async def woo_modified(woo: RealStore, item: Item) -> str:
+    return str((await woo.read(item))["date_modified_gmt"])
+
+
+def triggers(merges: list[dict[str, Any]]) -> list[str]:
+    return [m["trigger"] for m in merges]
+
+
+# --------------------------------------------------------------------------------------------------
+# check-config
+
+
+@pytest.mark.parametrize("auth", ["basic", "oauth1"])
+async def test_check_config_passes_against_the_real_store(daemon_world: DaemonWorld, realwoo: RealStore,
+                                                          auth: str, tmp_path: Path) -> None:
+    """Every check ✓ with both WooCommerce key schemes; the atomic-writes line says whether the companion is there."""
     world = daemon_world
-    await realwoo.set_sync_webhooks(delivery == "sync")
+    config = tmp_path / f"{auth}.toml"
+    text = world.config_path.read_text()
+    assert 'auth = "basic"' in text
+    config.write_text(text.replace('auth = "basic"', f'auth = "{auth}"'))
+
+    async def check() -> list[str]:
+        done = await world.cli("check-config", "--config", str(config))
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("✓", "✗"))]
+        assert done.returncode == 0, f"check-config ({auth}) exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        return lines
+
+    installed = realwoo.rig.mu_plugins / COMPANION.name
+    assert not installed.exists(), "the companion was left installed by another test"
+    without = await check()
+    shutil.copyfile(COMPANION, installed)
+    try:
+        with_companion = await check()
+    finally:
+        installed.unlink()
+    print(f"\n[{auth}] check-config without the companion:\n  " + "\n  ".join(without))
+    print(f"[{auth}] with the companion, the line that changes:\n  "
+          + "\n  ".join(sorted(set(with_companion) - set(without))))
+    atomic = [ln for ln in without if "stock writes:" in ln]
+    assert atomic and atomic[0].startswith("✗ stock writes: not atomic") and "mu-plugins" in atomic[0]
+    assert all(ln.startswith("✓") for ln in without if ln not in atomic), without
+    assert all(ln.startswith("✓") for ln in with_companion), with_companion
+    assert any(ln.startswith("✓ stock writes: atomic (companion v") for ln in with_companion)
+    for needed in ("WooCommerce", "WooCommerce stock management", "WooCommerce key permission", "Clover downtown",
+                   "Clover webhooks"):
+        assert any(ln.startswith(f"✓ {needed}") for ln in without), (needed, without)
+
+
+# --------------------------------------------------------------------------------------------------
+# initial sync
+
+
+async def test_sync_import_push_and_their_dry_runs(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """A dry run writes nothing on either side (not even WooCommerce's date_modified); import makes
+    WooCommerce follow Clover, push makes Clover follow WooCommerce, each writing only the other side."""
+    world = daemon_world
+    async with realwoo.deliveries_held():  # no late delivery may trigger a merge of what the dry runs bind
+        a = await world.pair(realwoo, stock=5, clover_stock=9, label="IMP")
+        b = await world.pair(realwoo, stock=6, clover_stock=11, label="IMP")
+        ours = {a.sku, b.sku}
+        modified = {p.sku: await woo_modified(realwoo, p.woo) for p in (a, b)}
+        await trio.sleep(1.1)  # date_modified has a one-second resolution
+        since, mark = time.time(), world.access_mark()
+
+        async def nothing_written(after: str) -> None:
+            await trio.sleep(3.0)  # a poll or two of each side
+            assert world.store_writes(mark) == [], f"the daemon wrote to WooCommerce after {after}"
+            assert await world.clover_writes(since) == [], f"the daemon wrote to Clover after {after}"
+            for p in (a, b):
+                assert await woo_modified(realwoo, p.woo) == modified[p.sku], f"{p.sku} modified by {after}"
+            assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (5, 6)
+            assert (await world.clover_stock(a.clover), await world.clover_stock(b.clover)) == (9, 11)
+
+        t0 = time.monotonic()
+        dry_import = await world.cli_job("sync", "import", "--dry-run")
+        took_dry = time.monotonic() - t0
+        rows = {r["sku"]: r for r in dry_import["diff"] if r["sku"] in ours}
+        assert dry_import["dry_run"] and {s: r["woo"] for s, r in rows.items()} == {a.sku: [5, 9], b.sku: [6, 11]}
+        await nothing_written("sync import --dry-run")
+        dry_push = await world.cli_job("sync", "push", "--dry-run")
+        rows = {r["sku"]: r for r in dry_push["diff"] if r["sku"] in ours}
+        assert {s: r["clover"] for s, r in rows.items()} == {a.sku: {LOCATION: [9, 5]}, b.sku: {LOCATION: [11, 6]}}
+        await nothing_written("sync push --dry-run")
+
+        t0 = time.monotonic()
+        imported = await world.cli_job("sync", "import")
+        took_import = time.monotonic() - t0
+        assert imported["kind"] == "import" and not imported["dry_run"] and imported["changed"] >= 2
+        await world.wait_idle()
+        assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (9, 11)
+        assert await world.clover_writes(since) == [], "an import wrote Clover, the truth"
+        import_writes = world.store_writes(mark)
+
+        # push: the store drifted behind the daemon's back (a direct database edit: no webhook, no
+        # date_modified), so only a recount can see it
+        await trio.to_thread.run_sync(realwoo.rig.sql, (
+            f"UPDATE wp_postmeta SET meta_value = '3' WHERE post_id = {a.woo.id} AND meta_key = '_stock'"))
+        await trio.to_thread.run_sync(realwoo.rig.sql, (
+            f"UPDATE wp_wc_product_meta_lookup SET stock_quantity = 3 WHERE product_id = {a.woo.id}"))
+        assert await realwoo.stock(a.woo) == 3
+        since, mark = time.time(), world.access_mark()
+        pushed = await world.cli_job("sync", "push")
+        await world.wait_idle()
+        assert pushed["kind"] == "push" and pushed["changed"] >= 1
+        assert (await world.clover_stock(a.clover), await world.clover_stock(b.clover)) == (3, 11)
+        assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (3, 11)
+        assert world.store_writes(mark) == [], "a push wrote WooCommerce, the truth"
+        assert [w.item_id for w in await world.clover_writes(since)] == [a.clover]
+    print(f"\nsync import --dry-run {took_dry:.1f} s, sync import {took_import:.1f} s (bindings in the world: "
+          f"{dry_import['total']}); the import's WooCommerce requests: {len(import_writes)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# sales each way
+
+
+@pytest.mark.parametrize("delivery", ["sync", "held"])
+async def test_a_sale_each_way(daemon_world: DaemonWorld, realwoo: RealStore, delivery: str) -> None:
+    """A POS sale reaches WooCommerce; a real paid order reaches Clover: by its webhook when WooCommerce
+    delivers synchronously, by the catch-up poll when the (default, late) delivery cannot come."""
+    world = daemon_world
     p = await world.pair(realwoo, stock=20)
     await world.bind(p)
-    t0 = time.time()
-    await world.clover_sale(p.clover, 2)
-    pos = await world.wait_woo(realwoo, p.woo, 18, since=t0, what="after a POS sale of 2 ")
-    t1 = time.time()
-    await realwoo.order({p.woo: 3})
-    answered = time.time()
-    online = await world.wait_clover(p.clover, 15, since=t1, what="after an online order of 3 ")
-    print(f"\n[{delivery}] POS sale -> WooCommerce {pos.seconds:.2f} s; online order -> Clover "
-          f"{online.seconds:.2f} s after POST /orders was sent ({time.time() - answered:.2f} s after its answer)")
-    await world.wait_idle()
+    async with delivery_mode(realwoo, delivery):
+        before = await world.metrics()
+        t0 = time.time()
+        await world.clover_sale(p.clover, 2)
+        pos = await world.wait_woo(realwoo, p.woo, 18, since=t0, what="after a POS sale of 2 ")
+        t1 = time.time()
+        await realwoo.order({p.woo: 3})
+        answered = time.time() - t1
+        online = await world.wait_clover(p.clover, 15, since=t1, what="after an online order of 3 ")
+        after = await world.metrics()
+        await world.wait_idle()
+    accepted = world.metric(after, "cloverwoo_events_received_total", **ACCEPTED) - \
+        world.metric(before, "cloverwoo_events_received_total", **ACCEPTED)
+    merges = await world.merges(p.sku)
+    print(f"\n[{delivery}] POS sale -> WooCommerce {pos.seconds:.2f} s; online order -> Clover {online.seconds:.2f} s "
+          f"after POST /orders was sent ({online.seconds - answered:.2f} s after its answer); WooCommerce deliveries "
+          f"accepted meanwhile: {accepted:g}; merge triggers: {triggers(merges)}")
     assert await realwoo.stock(p.woo) == 15 and await world.clover_stock(p.clover) == 15
+    online_merge = [m for m in merges if m["detail"]["write"]["clover"]]
+    assert len(online_merge) == 1, merges
+    if delivery == "sync":
+        assert online_merge[0]["trigger"].startswith("webhook:woo"), online_merge
+        assert accepted >= 1
+    else:
+        assert online_merge[0]["trigger"] == "poll:woo", online_merge
+        assert accepted == 0, "a WooCommerce delivery arrived while WP-Cron was held"
+
+
+async def test_a_variation_each_way(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    world = daemon_world
+    small, medium = await world.variable_pair(realwoo, {"S": 6, "M": 4})
+    await world.bind(small, medium)
+    async with delivery_mode(realwoo, "sync"):
+        t0 = time.time()
+        await world.clover_sale(small.clover, 1)
+        pos = await world.wait_woo(realwoo, small.woo, 5, since=t0, what="(variation S) after a POS sale ")
+        t1 = time.time()
+        await realwoo.order({medium.woo: 2})
+        online = await world.wait_clover(medium.clover, 2, since=t1, what="(variant M) after an online order ")
+        await world.wait_idle()
+    print(f"\nvariation: POS sale -> WooCommerce {pos.seconds:.2f} s, online order -> Clover {online.seconds:.2f} s")
+    assert (await realwoo.stock(small.woo), await world.clover_stock(small.clover)) == (5, 5)
+    assert (await realwoo.stock(medium.woo), await world.clover_stock(medium.clover)) == (2, 2)
+
+
+@pytest.mark.parametrize("delivery", ["sync", "held"])
+async def test_a_hand_edit_in_woocommerce_reaches_clover(daemon_world: DaemonWorld, realwoo: RealStore,
+                                                         delivery: str) -> None:
+    world = daemon_world
+    p = await world.pair(realwoo, stock=12)
+    await world.bind(p)
+    async with delivery_mode(realwoo, delivery):
+        t0 = time.time()
+        await realwoo.set_stock(p.woo, 30)  # an absolute figure, as the product page in wp-admin saves it
+        got = await world.wait_clover(p.clover, 30, since=t0, what="after a hand edit to 30 ")
+        await world.wait_idle()
+    print(f"\n[{delivery}] hand edit -> Clover {got.seconds:.2f} s")
+    assert await realwoo.stock(p.woo) == 30
+
+
+@pytest.mark.parametrize("delivery", ["sync", "held"])
+async def test_a_refund_and_a_cancellation_restock_clover(daemon_world: DaemonWorld, realwoo: RealStore,
+                                                          delivery: str) -> None:
+    world = daemon_world
+    p = await world.pair(realwoo, stock=10)
+    await world.bind(p)
+    async with delivery_mode(realwoo, delivery):
+        order = await realwoo.order({p.woo: 3})
+        await world.wait_clover(p.clover, 7, since=time.time(), what="after an order of 3 ")
+        t0 = time.time()
+        await realwoo.refund(order, {p.woo: 2}, restock=True)
+        refund = await world.wait_clover(p.clover, 9, since=t0, what="after a refund of 2 with restock ")
+        other = await realwoo.order({p.woo: 4})
+        await world.wait_clover(p.clover, 5, since=time.time(), what="after an order of 4 ")
+        t1 = time.time()
+        await realwoo.set_order_status(int(other["id"]), "cancelled")
+        cancel = await world.wait_clover(p.clover, 9, since=t1, what="after the order of 4 was cancelled ")
+        await world.wait_idle()
+    print(f"\n[{delivery}] refund with restock -> Clover {refund.seconds:.2f} s; cancellation -> Clover "
+          f"{cancel.seconds:.2f} s")
+    assert await realwoo.stock(p.woo) == 9 and await world.clover_stock(p.clover) == 9
+
+
+# --------------------------------------------------------------------------------------------------
+# matching
+
+
+async def test_the_name_match(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """No SKU on either side: bound by name, reported as such, and synced both ways."""
+    world = daemon_world
+    p = await world.pair(realwoo, stock=9, by_name=True)
+    assert p.woo.data["sku"] == ""
+    result = await world.bind(p)
+    print(f"\nname match: reconcile report {result['report']}")
+    bound = [r for r in await world.sync_log(p.name) if r["event"] == "bound"]
+    assert bound and '"matched_by": "name"' in bound[0]["detail"], bound
+    assert any(ln.get("matched_by") == "name" and ln.get("product") == p.name
+               and ln.get("woo_id") == str(p.woo.ref.product_id) for ln in await world.log_events("bound"))
+    row = await world.row_of(p)
+    assert row is not None and row["name"] == p.name and row["clover_item_id"] == p.clover
+    async with delivery_mode(realwoo, "sync"):
+        await world.clover_sale(p.clover, 2)
+        await world.wait_woo(realwoo, p.woo, 7, since=time.time(), what="(name match) after a POS sale ")
+        await realwoo.order({p.woo: 1})
+        await world.wait_clover(p.clover, 6, since=time.time(), what="(name match) after an online order ")
+        await world.wait_idle()
+    assert len(await world.merges(p.name)) >= 3  # found in the log by its name
+
+
+async def test_the_untracked_product_is_never_written(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """manage_stock off in WooCommerce: bound as untracked; sales on either side write nothing anywhere."""
+    world = daemon_world
+    p = await world.pair(realwoo, stock=None, clover_stock=7, manage_stock=False, label="UNT")
+    await world.bind(p)
+    before = await woo_modified(realwoo, p.woo)
+    await trio.sleep(1.1)  # date_modified has a one-second resolution
+    since, mark = time.time(), world.access_mark()
+    async with delivery_mode(realwoo, "sync"):
+        await world.clover_sale(p.clover, 2)
+        await realwoo.order({p.woo: 1})
+        await trio.sleep(5.0)  # webhooks each way, then two polls of each side
+        await world.reconcile()
+        await world.wait_idle()
+    row = await world.row_of(p)
+    assert row is not None and row["sync_status"] == "untracked", row
+    data = await realwoo.read(p.woo)
+    assert data["manage_stock"] is False and data["stock_quantity"] is None
+    assert str(data["date_modified_gmt"]) == before, "the untracked product was written"
+    assert await world.clover_writes(since, [p.clover]) == []
+    assert world.store_writes(mark) == [], "the daemon wrote to WooCommerce"
+    assert await world.clover_stock(p.clover) == 5  # the POS sale, nothing else
+
+
+# --------------------------------------------------------------------------------------------------
+# webhooks
+
+
+async def test_webhooks_register_once_and_real_deliveries_are_verified(daemon_world: DaemonWorld,
+                                                                       realwoo: RealStore) -> None:
+    world = daemon_world
+    assert "created" in world.register_output  # the world's own first run created them
+    hooks = await world.webhooks()
+    assert sorted(h["topic"] for h in hooks) == ["order.created", "order.updated", "product.deleted",
+                                                 "product.updated"]
+    assert all(h["status"] == "active" for h in hooks), hooks
+    again = await world.cli("webhooks", "register", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = json.loads(again.stdout)
+    assert report["created"] == [] and sorted(report["existing"]) == sorted(h["topic"] for h in hooks)
+    assert report["secret_reused"] is True
+    assert sorted(h["id"] for h in await world.webhooks()) == sorted(h["id"] for h in hooks)  # nothing twice
+
+    p = await world.pair(realwoo, stock=8)
+    await world.bind(p)
+    before = await world.metrics()
+    async with delivery_mode(realwoo, "sync"):
+        await realwoo.order({p.woo: 1})  # order.created, order.updated, product.updated: signed by the store
+        await world.wait_clover(p.clover, 7, since=time.time(), what="after an online order ")
+        # someone without the secret
+        async with httpx.AsyncClient(timeout=30) as http:
+            forged = await http.post(world.listen_url + "/webhooks/woocommerce", content=b'{"id": 1}',
+                                     headers={"X-WC-Webhook-Topic": "product.updated",
+                                              "X-WC-Webhook-Signature": "bm90IHRoZSBzaWduYXR1cmU=",
+                                              "Content-Type": "application/json"})
+        await world.wait_idle()
+    after = await world.metrics()
+
+    def delta(**labels: str) -> float:
+        return world.metric(after, "cloverwoo_events_received_total", **labels) - \
+            world.metric(before, "cloverwoo_events_received_total", **labels)
+
+    print(f"\nwebhooks: {len(hooks)} registered once; deliveries accepted {delta(**ACCEPTED):g}, "
+          f"refused {delta(source='woocommerce', result='rejected_auth'):g} (the forged one)")
+    assert forged.status_code == 401
+    assert delta(**ACCEPTED) >= 2  # the order's own deliveries, each signature checked
+    assert delta(source="woocommerce", result="rejected_auth") == 1
+    assert await world.clover_stock(p.clover) == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# no loop
+
+
+async def test_no_write_loop(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """After a sale each way (synchronous delivery: every write of ours comes straight back as a webhook),
+    each side is written once, and over the next 10 s nothing more is written anywhere."""
+    world = daemon_world
+    p = await world.pair(realwoo, stock=25)
+    await world.bind(p)
+    async with delivery_mode(realwoo, "sync"):
+        since, mark = time.time(), world.access_mark()
+        before = await world.metrics()
+        await world.clover_sale(p.clover, 1)
+        await world.wait_woo(realwoo, p.woo, 24, since=since)
+        await realwoo.order({p.woo: 2})
+        await world.wait_clover(p.clover, 22, since=since)
+        await world.wait_idle()
+        sale_writes = (world.store_writes(mark), await world.clover_writes(since))
+        quiet_since, quiet_mark = time.time(), world.access_mark()
+        await trio.sleep(10.0)
+        after = await world.metrics()
+    woo_after, clover_after = world.store_writes(quiet_mark), await world.clover_writes(quiet_since)
+    echoes = world.metric(after, "cloverwoo_events_received_total", **ACCEPTED) - \
+        world.metric(before, "cloverwoo_events_received_total", **ACCEPTED)
+    print(f"\nno loop: the sales wrote WooCommerce {len(sale_writes[0])} time(s), Clover {len(sale_writes[1])} "
+          f"time(s); WooCommerce deliveries accepted {echoes:g}; in the 10 s after: WooCommerce writes "
+          f"{len(woo_after)}, Clover writes {len(clover_after)}")
+    assert len(sale_writes[0]) == 1 and [w.item_id for w in sale_writes[1]] == [p.clover], sale_writes
+    assert woo_after == [] and clover_after == []
+    assert await realwoo.stock(p.woo) == 22 and await world.clover_stock(p.clover) == 22
+
+
+# --------------------------------------------------------------------------------------------------
+# a product added mid-run
+
+
+@pytest.mark.xfail(strict=True, reason="new products bind at the next catalogue refresh (a reconcile, every "
+                                       "reconcile_every, or a restart), not within seconds of appearing on both "
+                                       "sides; issue 13 asks for seconds")
+async def test_a_product_added_on_both_sides_binds_within_seconds(daemon_world: DaemonWorld,
+                                                                  realwoo: RealStore) -> None:
+    """Added on both sides while the daemon runs, with a sale on each side before and after it binds:
+    bound within 10 s, and all four sales kept on both sides."""
+    world = daemon_world
+    async with delivery_mode(realwoo, "sync"):
+        p = await world.pair(realwoo, stock=10, label="NEW")
+        await world.clover_sale(p.clover, 1)  # before it is bound
+        await realwoo.order({p.woo: 2})
+        t0 = time.monotonic()
+
+        async def bound() -> bool:
+            row = await world.row_of(p)
+            return row is not None and row["sync_status"] != "never synced"
+
+        with trio.move_on_after(10.0):
+            while not await bound():
+                await trio.sleep(0.25)
+        assert await bound(), "not bound within 10 s of being on both sides"
+        print(f"\nbound {time.monotonic() - t0:.1f} s after it was on both sides")
+        await world.clover_sale(p.clover, 1)  # after
+        await realwoo.order({p.woo: 1})
+        await world.wait_clover(p.clover, 5, since=time.time(), what="with all four sales counted ")
+        await world.wait_woo(realwoo, p.woo, 5, since=time.time(), what="with all four sales counted ")
+        await world.wait_idle()
+
+
+# --------------------------------------------------------------------------------------------------
+# export-csv, last: every product the module bound is in it
+
+
+async def test_export_csv_equals_the_store(daemon_world: DaemonWorld, realwoo: RealStore, tmp_path: Path) -> None:
+    world = daemon_world
+    p = await world.pair(realwoo, stock=4)
+    await world.bind(p)
+    await world.wait_idle()
+    out = tmp_path / "stock.csv"
+    done = await world.cli("export-csv", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    tracked = [r for r in rows if r["sync_status"] != "untracked"]
+    assert any(int(r["woo_product_id"]) == p.woo.ref.product_id for r in tracked)
+    differ = []
+    for r in tracked:
+        ref = (int(r["woo_product_id"]), int(r["woo_variation_id"] or 0))
+        path = f"/products/{ref[0]}" + (f"/variations/{ref[1]}" if ref[1] else "")
+        stock = (await realwoo.ok("GET", path))["stock_quantity"]
+        if str(stock) != r["woo_stock"] or r["woo_stock"] != r["clover_stock"]:
+            differ.append((r["sku"] or r["name"], r["woo_stock"], r["clover_stock"], stock, r["sync_status"]))
+    print(f"\nexport-csv: {len(rows)} rows ({len(tracked)} tracked), every woo_stock checked against the store")
+    assert differ == [], f"rows that differ from the store (sku, woo_stock, clover_stock, store, status): {differ}"
+    assert {r["sync_status"] for r in tracked} == {"in sync"}, {r["sync_status"] for r in tracked}
