@@ -66,6 +66,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -403,6 +404,9 @@ class CloverSim:
         self._stop = trio.Event()
         self._last_ms = 0
         self.base_url: str | None = None
+        # Webhooks go to HTTPS receivers too (a TLS proxy in front of the daemon); like Clover, the sender
+        # checks the receiver's certificate, against the public CAs and whatever trust_certificate() added.
+        self._tls = httpx.create_ssl_context()  # httpx's default: certifi's CAs
         self.oauth = OAuthSim(self)  # OAuth v2 endpoints and expiring tokens (block at the end)
         self.app = self._build_app()
 
@@ -634,6 +638,11 @@ class CloverSim:
     def set_webhook_url(self, url: str | None) -> None:
         self.webhook_url = url
 
+    def trust_certificate(self, path: str | Path) -> None:
+        """Accept receivers whose certificate chains to this one (PEM): a test's self-signed proxy, standing in
+        for the public CA a real receiver's certificate comes from. Applies to every connection opened after."""
+        self._tls.load_verify_locations(cafile=str(path))
+
     def _payload(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         merchants: dict[str, list[dict[str, Any]]] = {}
         for mid, ev in batch:
@@ -696,7 +705,7 @@ class CloverSim:
     async def send_verification_code(self) -> tuple[str, int | None]:
         """The dashboard's "Send Verification Code": returns (code, status the receiver answered)."""
         code = str(uuid.UUID(int=self._webhook_rng.getrandbits(128)))
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=10.0, verify=self._tls) as client:
             status = await self._post(client, {"verificationCode": code}, {})
         return code, status
 
@@ -711,7 +720,7 @@ class CloverSim:
         self, *, host: str = "127.0.0.1", port: int = 0, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve the API and send webhooks until cancelled or ``stop()``; reports the base URL."""
-        async with httpx.AsyncClient(timeout=10.0) as client, trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(timeout=10.0, verify=self._tls) as client, trio.open_nursery() as nursery:
             nursery.start_soon(self._webhook_sender, client, nursery)
             url = await nursery.start(partial(serve_app, self.app, host=host, port=port,
                                               shutdown_trigger=self._stop.wait))

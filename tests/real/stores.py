@@ -171,7 +171,8 @@ class Rig:
         with httpx.Client(auth=(self.env["REALWOO_CK"], self.env["REALWOO_CS"]), timeout=TIMEOUT) as http:
             hooks = http.get(f"{api}/webhooks", params={"per_page": "100", "status": "all"}).raise_for_status()
             for hook in hooks.json():
-                if str(hook.get("delivery_url", "")).startswith(("http://127.0.0.1:", "http://localhost:")):
+                if str(hook.get("delivery_url", "")).startswith(("http://127.0.0.1:", "http://localhost:",
+                                                                 "https://127.0.0.1:")):
                     http.delete(f"{api}/webhooks/{hook['id']}", params={"force": "true"}).raise_for_status()
 
 
