@@ -32,7 +32,7 @@ NOT_HERE = {
     ("run",): "the daemon itself: started by this test as `cloverwoo run`",
     ("simulate",): "serves the simulators on fixed ports; this test starts the same simulators itself",
     ("clover", "connect"): "needs a browser and a real merchant's approval (tests/io/test_clover_oauth.py)",
-    ("webhooks", "register"): "needs the public HTTPS address (tests for io/webhook_setup.py)",
+    ("webhooks", "register"): "needs the public HTTPS address (tests/real/test_setup_guide_real.py: behind nginx)",
     ("log", "--follow"): "runs until interrupted",
     ("status", "/etc/cloverwoo/shop1.toml"): "an instance of the template unit (tests/test_units_start.py runs one)",
 }
