@@ -608,6 +608,8 @@ def _print_status(data: dict[str, Any]) -> None:
     every = f"{rec['every_s']:g} s" if rec["every_s"] else "off"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last"])) if rec["last"] else "never"
     console.print(f"reconcile every: {every}, last: {last}")
+    if data.get("jobs"):
+        console.print(_jobs_text(data["jobs"]), markup=False, highlight=False)
     ex = data.get("exclusions")
     if ex:
         listed = ", ".join(ex["skus"]) + (" ..." if ex["count"] > len(ex["skus"]) else "")
