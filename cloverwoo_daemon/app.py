@@ -198,8 +198,8 @@ async def run_daemon(
         for name, client in clovers.items():  # reachability from every request attempt
             if isinstance(client, CloverClient):
                 client.on_attempt = locations[name].observe
-        woo_poller = WooPoller(woo, store, router_send,
-                               parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every"), table)
+        woo_poll_every = parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every")
+        woo_poller = WooPoller(woo, store, router_send, woo_poll_every, table)
         reconcile_every = parse_duration(cfg.sync.reconcile_every, key="sync.reconcile_every")
 
         def has_pending(bid: str) -> bool:
@@ -221,6 +221,8 @@ async def run_daemon(
             log.info("mode_in_effect", mode=new.mode, locations=list(new.locations))
 
         jobs.on_mode = set_mode
+        # events stored by the webhook server reach the router through the intake (its overflow when full)
+        intake = Intake(store, router_send, capacity=cfg.server.queue_size)
         admin = Admin(
             store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,
             shards=shards, shard_inboxes=[s for s, _ in shard_chans], locations=locations,
@@ -228,6 +230,7 @@ async def run_daemon(
             store_stats=store.statistics, jobs=jobs,
         )
         admin.alerts = alerts  # type: ignore[attr-defined]
+        admin.intake = intake
         # -- webhook and reachability health
         health_monitor = HealthActor(HealthDeps(
             woo=woo_admin, alert=alerts.notice_health,
@@ -253,6 +256,7 @@ async def run_daemon(
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
+            await actors.start(supervisor.supervise, "intake", intake.run)
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
             for name, provider in providers.items():
                 await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
@@ -266,7 +270,8 @@ async def run_daemon(
                 recv_l = lookup_chans[name][1]
                 await actors.start(supervisor.supervise, f"location-{name}",
                                    lambda task_status, a=actor, r=recv_l: a.run(r, task_status=task_status))
-            await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
+            if woo_poll_every:  # "off": no poller runs, so none is expected to (health, status)
+                await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
             await actors.start(supervisor.supervise, "jobs", jobs.run)
             await actors.start(supervisor.supervise, "alerts", alerts.run)
             await actors.start(supervisor.supervise, "stock-policy", stock_policy.run)
@@ -288,11 +293,12 @@ async def run_daemon(
                 log.info("inbox_replayed", events=len(pending))
 
             # -- the outside: webhook server, control socket
-            intake = Intake(store, router_send, capacity=cfg.server.queue_size)
-
             def healthy() -> tuple[bool, dict[str, Any]]:
-                ok = supervisor.all_running()
-                return ok, {"actors_running": ok, "bindings": len(table)}
+                down = sorted(name for name, a in supervisor.actors.items() if not a.running)
+                detail: dict[str, Any] = {"actors_running": not down, "bindings": len(table)}
+                if down:
+                    detail["actors_down"] = down
+                return not down, detail
 
             app = webhooks.create_app(webhooks.WebhookDeps(
                 clover_auth_code=secrets.clover_auth_code,

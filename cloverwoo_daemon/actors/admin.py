@@ -80,6 +80,7 @@ class Admin:
     stock_policy: Any = None
     health_monitor: Any = None
     exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
+    intake: Any = None  # set by app.py: actors.intake.Intake (its overflow is queued work too)
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -308,6 +309,7 @@ class Admin:
         queue = {
             "router": self.router_inbox.statistics().current_buffer_used,
             "shards": [ch.statistics().current_buffer_used for ch in self.shard_inboxes],
+            "intake_overflow": len(self.intake.overflow) if self.intake is not None else 0,
         }
         stats = self.store_stats()
         return {
@@ -357,6 +359,7 @@ class Admin:
         return (
             all(s.idle() for s in self.shards)
             and self.router_inbox.statistics().current_buffer_used == 0
+            and (self.intake is None or not self.intake.overflow)
             and all(ch.statistics().current_buffer_used == 0 for ch in self.shard_inboxes)
         )
 
