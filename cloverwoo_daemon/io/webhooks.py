@@ -39,10 +39,10 @@ Rules this module keeps:
   ``webhook_refused_suppressed`` line with the count.
 
 Status codes: 200 stored or duplicate (the store dedups on the key), or ping,
-handshake, or a topic we ignore (a Clover delivery with entries skipped too); 400 malformed; 401 authentication failed (or
-a handshake nobody expects); 405/404 wrong method or path; 408 body too slow;
-413 too large; 429 too many handshakes; 503 overloaded or not stored. Each
-delivery's outcome is also reported to ``on_received`` with a result from
+handshake, or a topic we ignore (a Clover delivery with entries skipped too);
+400 malformed; 401 authentication failed (or a handshake nobody expects);
+405/404 wrong method or path; 408 body too slow; 413 too large; 429 too many
+handshakes; 503 overloaded or not stored. Each delivery's outcome is also reported to ``on_received`` with a result from
 ``io.metrics.EVENT_RESULTS`` (accepted and duplicate count events, skipped and
 unreadable count Clover entries, every other result counts the delivery once; a
 refused handshake counts as rejected_auth).
