@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--products", type=int, default=20)
     sim.add_argument("--locations", type=int, default=1)
     sim.add_argument("--realistic", action="store_true", help="WooCommerce latency as measured on a real store")
+    sim.add_argument("--clover-webhooks", choices=["legacy", "split"], default="legacy",
+                     help="Clover's inventory webhooks: I: for every stock change (legacy), or IS:/IA: (split)")
 
     sub.add_parser("status", help="actors, queues, webhook health, last events")
     lg = sub.add_parser("log", help="the sync log")
@@ -145,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from cloverwoo_daemon.sim.harness import serve_simulators
 
             return serve_simulators(args.listen, products=args.products, locations=args.locations,
-                                    realistic=args.realistic)
+                                    realistic=args.realistic, clover_webhooks=args.clover_webhooks)
         case "status":
             return _admin(args, StatusRequest(), _print_status)
         case "log":
