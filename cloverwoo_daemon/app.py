@@ -41,7 +41,7 @@ from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDe
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
-from cloverwoo_daemon.config import Config, ConfigError, Secrets, _read_secret, parse_duration
+from cloverwoo_daemon.config import Config, Secrets, parse_duration
 from cloverwoo_daemon.core.alerts import AlertPolicy
 from cloverwoo_daemon.core.merge import MergeConfig
 from cloverwoo_daemon.core.model import Binding, Conflict
@@ -165,7 +165,7 @@ async def run_daemon(
             on_event=health.saw,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
-        alerts = build_alerts(cfg, store, table, on_sent=metrics.alert_sent)
+        alerts = build_alerts(cfg, secrets, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
         stock_policy = StockPolicyActor(StockPolicyDeps(
@@ -418,18 +418,14 @@ def watch(
 
 
 def build_alerts(
-    cfg: Config, store: Store, table: BindingTable, *, on_sent: Callable[[str], None] = lambda kind: None
+    cfg: Config, secrets: Secrets, store: Store, table: BindingTable, *,
+    on_sent: Callable[[str], None] = lambda kind: None,
 ) -> AlertActor:
-    """The alert actor; with no ``alerts.email_to`` it only logs. Refuses a bad SMTP URL as a config error."""
+    """The alert actor; with no ``alerts.email_to`` it only logs (the config checked the SMTP URL at load)."""
     a = cfg.alerts
     mailer = None
     if a.email_to:
-        # Read like every other secret (env CLOVERWOO_ALERTS_SMTP_PASSWORD, $CREDENTIALS_DIRECTORY).
-        password = _read_secret("alerts.smtp_password", a.smtp_password_file, required=False)
-        try:
-            mailer = SmtpMailer(a.smtp_url, sender=a.email_from, password=password)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        mailer = SmtpMailer(a.smtp_url, sender=a.email_from, password=secrets.smtp_password)
     policy = AlertPolicy(low_stock_threshold=a.low_stock_threshold, thresholds=dict(a.thresholds))
     return AlertActor(AlertDeps(store=store, policy=policy, mailer=mailer, recipients=tuple(a.email_to),
                                 lookup=table.get, on_sent=on_sent))

@@ -187,23 +187,46 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The daemon. Every config error exits 2 with one line, before anything starts where it can be seen then,
+    and wherever it is found later; a daemon that cannot start (its state file, its socket taken) or that
+    escalated a crash loop exits 1 with one line. Anything else is a bug: its traceback is kept."""
     from cloverwoo_daemon.actors.supervisor import CrashBudgetExceeded
     from cloverwoo_daemon.app import run_daemon
+    from cloverwoo_daemon.io.control import AlreadyServed, SocketPathUnusable, check_socket_path
     from cloverwoo_daemon.io.logs import configure_logging
+    from cloverwoo_daemon.io.store import StoreError
 
     cfg = load_config(args.config)
     check_service_directories(cfg, os.environ, source=args.config)
     secrets = load_secrets(cfg)
+    try:
+        check_socket_path(cfg.control.socket)
+    except SocketPathUnusable as exc:
+        raise ConfigError(str(exc)) from None
     configure_logging(secrets=secrets.values())
+    config_errors: list[BaseException] = []
     failed: list[BaseException] = []
     try:
         trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # preflight at start
-    except* CrashBudgetExceeded as group:
-        failed.extend(group.exceptions)
+    except* (ConfigError, SocketPathUnusable) as group:
+        config_errors.extend(_leaves(group))
+    except* (CrashBudgetExceeded, StoreError, AlreadyServed) as group:
+        failed.extend(_leaves(group))
+    if config_errors:
+        print(f"cloverwoo: config error: {config_errors[0]}", file=sys.stderr)
+        return EXIT_USAGE
     if failed:
         print(f"cloverwoo: {failed[0]}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside (possibly nested) groups, for a one-line message."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -56,7 +56,10 @@ __all__ = [
     "ControlStream",
     "DaemonUnreachable",
     "Handler",
+    "AlreadyServed",
     "InsecureSocketDirectory",
+    "SocketPathUnusable",
+    "check_socket_path",
     "control_call",
     "control_stream",
     "serve_control",
@@ -89,8 +92,16 @@ class ControlProtocolError(ControlError):
     """The other side sent something that is not a valid frame."""
 
 
-class InsecureSocketDirectory(RuntimeError):
+class SocketPathUnusable(RuntimeError):
+    """``control.socket`` names a place the socket cannot be served from (a config error: the CLI exits 2)."""
+
+
+class InsecureSocketDirectory(SocketPathUnusable):
     """The socket's directory is writable by anyone without the sticky bit; the server refuses to start."""
+
+
+class AlreadyServed(RuntimeError):
+    """Another daemon already answers on the socket; this one refuses to start."""
 
 
 # --------------------------------------------------------------------------
@@ -138,12 +149,26 @@ def _frame(message: msgspec.Struct) -> bytes:
 
 def _check_directory(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    st = os.stat(directory)
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise SocketPathUnusable(f"control.socket: the directory {directory} cannot be used: {exc.strerror}") from None
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise InsecureSocketDirectory(
-            f"refusing to create the control socket in {directory}: it is world-writable without the sticky bit"
+            f"control.socket: refusing to create the socket in {directory}: it is world-writable without the sticky bit"
             " (anyone could replace the socket); use a private directory such as /run/cloverwoo"
         )
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse, before anything starts, a ``control.socket`` the server could not bind (``SocketPathUnusable``)."""
+    _check_directory(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathUnusable(f"control.socket: {path} exists and is not a socket; refusing to replace it")
 
 
 def _remove_stale(path: str) -> None:
@@ -152,7 +177,7 @@ def _remove_stale(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        raise SocketPathUnusable(f"control.socket: {path} exists and is not a socket; refusing to replace it")
     probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -162,7 +187,7 @@ def _remove_stale(path: str) -> None:
     except OSError as exc:
         raise RuntimeError(f"cannot check whether {path} is in use: {exc.strerror}") from None
     else:
-        raise RuntimeError(f"another daemon is already answering on {path}")
+        raise AlreadyServed(f"another daemon is already answering on {path}")
     finally:
         probe.close()
 
@@ -241,10 +266,11 @@ async def serve_control(
 
     Resource handling: the socket file is removed on exit if it is still ours.
 
-    Error handling: ``InsecureSocketDirectory`` when the directory is
-    world-writable without the sticky bit; ``RuntimeError`` when another
-    daemon answers on ``path`` or ``path`` is not a socket. Errors of one
-    connection (a client hanging up mid-stream) end that connection only.
+    Error handling: ``SocketPathUnusable`` when the directory is missing or
+    ``path`` is not a socket (``InsecureSocketDirectory`` when the directory
+    is world-writable without the sticky bit); ``AlreadyServed`` when another
+    daemon answers on ``path``. Errors of one connection (a client hanging
+    up mid-stream) end that connection only.
     """
     sock = await _bind(path)
     ident = os.stat(path).st_ino
