@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 import structlog
 import trio
 
@@ -284,13 +285,26 @@ async def run_daemon(
 
             await exclusions.reconcile()  # finish an exclude/include a crash interrupted
 
-            # -- replay what was accepted but not settled before the last stop
+            # -- replay what was accepted but not settled before the last stop; a row that no longer decodes
+            # (another version wrote it, or it is damaged) is set aside, never a reason to fail every start
             pending = await store.pending_events()
             now = trio.current_time()
+            unreadable: list[tuple[int, str]] = []
             for event_id, raw, received_at in pending:
-                await router_send.send(RouteEvent(InboxEvent(event_id, decode_event(raw), received_at), now))
+                try:
+                    event = decode_event(raw)
+                except msgspec.DecodeError as exc:  # ValidationError included
+                    unreadable.append((event_id, f"{type(exc).__name__}: {exc}"[:300]))
+                    continue
+                await router_send.send(RouteEvent(InboxEvent(event_id, event, received_at), now))
+            if unreadable:
+                await store.quarantine_events(unreadable)
+                for event_id, error in unreadable:
+                    log.error("inbox_event_quarantined", event_id=event_id, error=error,
+                              hint="kept in the state file's inbox_quarantine table; `cloverwoo reconcile` "
+                                   "catches up whatever it named")
             if pending:
-                log.info("inbox_replayed", events=len(pending))
+                log.info("inbox_replayed", events=len(pending) - len(unreadable), set_aside=len(unreadable))
 
             # -- the outside: webhook server, control socket
             def healthy() -> tuple[bool, dict[str, Any]]:

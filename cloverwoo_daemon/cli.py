@@ -607,6 +607,10 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"queues: router {q['router']}, shards {sum(q['shards'])}; merges {s['merges']} "
                   f"(failed {s['failed_merges']}, in flight {s['in_flight']}, waiting {s['dirty']}, "
                   f"retrying {s['retrying']})")
+    store = data.get("store") or {}
+    if store.get("quarantined"):
+        console.print(f"[yellow]inbox: {store['quarantined']} event(s) set aside: they no longer decode[/yellow] "
+                      "(table inbox_quarantine of the state file; a reconcile covers what they named)")
     if "mode" in data:
         console.print(f"mode: {data['mode']}; bindings merged without a location that is down: "
                       f"{data.get('stale_bindings', 0)}")
