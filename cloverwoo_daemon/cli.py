@@ -570,13 +570,16 @@ def _call(args: argparse.Namespace, req: ControlRequest) -> ControlResponse:
 
 
 def _admin(args: argparse.Namespace, req: ControlRequest, show: Any) -> int:
-    from cloverwoo_daemon.io.control import DaemonUnreachable
+    from cloverwoo_daemon.io.control import ControlError, DaemonUnreachable
 
     try:
         resp = _call(args, req)
     except DaemonUnreachable as exc:
         print(f"cloverwoo: daemon unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ControlError as exc:  # a request over the upload limit, an answer that is not a valid frame
+        print(f"cloverwoo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not resp.ok:
         print(f"cloverwoo: {resp.error}", file=sys.stderr)
         return EXIT_FAILED
