@@ -213,7 +213,8 @@ class _RefusalLog:
 
     def _report(self, counts: list[Suppressed]) -> None:
         for c in counts:
-            source, status = c.key  # type: ignore[misc]
+            key: tuple[str, int | str] = c.key  # type: ignore[assignment]
+            source, status = key
             if isinstance(status, str):
                 log.warning("clover_entry_skipped_suppressed", skipped=status, suppressed=c.count,
                             seconds=round(c.seconds, 1), hint="see cloverwoo_events_received_total in /metrics")
