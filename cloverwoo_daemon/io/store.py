@@ -252,7 +252,7 @@ def _m3_alerts(conn: sqlite3.Connection) -> None:
 def _m4_log_by_binding(conn: sqlite3.Connection) -> None:
     """The sync log by binding: a product without a SKU is found by its binding (``cloverwoo log``), and a
     sync-failure alert reads its binding's last error, without scanning 90 days of log."""
-    conn.execute("CREATE INDEX sync_log_binding ON sync_log(binding_id, id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS sync_log_binding ON sync_log(binding_id, id)")
 
 
 def _m5_quarantine_and_admin_reads(conn: sqlite3.Connection) -> None:
