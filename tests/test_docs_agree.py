@@ -74,3 +74,14 @@ def test_the_mu_plugin_is_the_same_file() -> None:
     assert php["README.md"] and php["README.md"] == php["docs/SETUP.md"]
     for name, path in DOCS.items():
         assert "mu-plugins/cloverwoo-sync-webhooks.php" in path.read_text(), name
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_systemd_sysusers_is_given_a_full_path(name: str) -> None:
+    """``systemd-sysusers FILE`` looks a relative FILE up in the sysusers.d directories, not in the current
+    one: ``systemd-sysusers systemd/cloverwoo.sysusers.conf`` fails ("Failed to open ... ignoring", exit 1)."""
+    lines = [ln for ln in DOCS[name].read_text().splitlines() if "systemd-sysusers " in ln and "`" not in ln]
+    assert lines, f"{name} never creates the cloverwoo user"
+    for line in lines:
+        words = line.split("#")[0].split()
+        assert words[words.index("systemd-sysusers") + 1].startswith("/"), f"{name}: {line.strip()}"
