@@ -70,7 +70,7 @@ from cloverwoo_daemon.io.control import control_call
 from cloverwoo_daemon.messages import StatusRequest
 from cloverwoo_daemon.sim.clover import CloverSim
 from tests.e2e.daemon_proc import REPO, free_port, is_idle
-from tests.real.daemon_world import DAEMON_UA
+from tests.real.daemon_world import DAEMON_UA, DaemonWorld
 from tests.real.proxies import Proxy, ensure_installed, start_nginx
 from tests.real.stores import RealStore
 from tests.test_units_start import set_key
@@ -403,10 +403,16 @@ class Walk:
             lines = f.read().decode("utf-8", "replace").splitlines()
         return [ln for ln in lines if ln.split(" ")[1:2] != ["GET"] and ln.rstrip().endswith(DAEMON_UA)]
 
-    async def metrics(self) -> str:
-        """Scraped where step 5 says: the daemon's own address."""
+    async def metrics(self) -> dict[str, float]:
+        """Scraped where step 5 says, on the daemon's own address: ``{'name{labels}': value}``."""
         async with httpx.AsyncClient(timeout=30.0) as http:
-            return (await http.get(f"http://127.0.0.1:{self.port}/metrics")).raise_for_status().text
+            text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).raise_for_status().text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
 
     # ------------------------------------------------------------ running a block
 
@@ -533,11 +539,8 @@ def _delete_hooks(woo: RealStore, delivery_url: str) -> None:
                         params={"force": "true"}).raise_for_status()
 
 
-def _accepted(metrics: str, source: str) -> float:
-    m = re.search(rf'cloverwoo_events_received_total\{{[^}}]*result="accepted"[^}}]*source="{source}"[^}}]*\}} (\S+)',
-                  metrics) or re.search(
-        rf'cloverwoo_events_received_total\{{[^}}]*source="{source}"[^}}]*result="accepted"[^}}]*\}} (\S+)', metrics)
-    return float(m.group(1)) if m else 0.0
+def _accepted(metrics: dict[str, float], source: str) -> float:
+    return DaemonWorld.metric(metrics, "cloverwoo_events_received_total", source=source, result="accepted")
 
 
 async def test_the_guide_walked_on_the_real_store(realwoo: RealStore, tmp_path: Path) -> None:
@@ -558,7 +561,6 @@ async def test_the_guide_walked_on_the_real_store(realwoo: RealStore, tmp_path: 
     server = await Server.open(tmp_path / "scratch")
     notify = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
     await notify.bind(str(tmp_path / "notify"))
-    delivery_url = ""
     unit = UnitRun(server, tmp_path / "notify")
     try:
         async with trio.open_nursery() as nursery, clover_simulator(nursery) as clover:
@@ -576,9 +578,10 @@ async def test_the_guide_walked_on_the_real_store(realwoo: RealStore, tmp_path: 
                     await _walk(walk, shell, mu_plugin)
                 finally:
                     mu_plugin.unlink(missing_ok=True)
-                    if unit.proc is not None and unit.proc.returncode is None:
-                        await unit.stop()
-                    await trio.to_thread.run_sync(_delete_hooks, realwoo, delivery_url)
+                    with trio.CancelScope(shield=True), trio.move_on_after(90):
+                        if unit.proc is not None and unit.proc.returncode is None:
+                            await unit.stop()
+                        await trio.to_thread.run_sync(_delete_hooks, realwoo, delivery_url)
             nursery.cancel_scope.cancel()
     finally:
         notify.close()
