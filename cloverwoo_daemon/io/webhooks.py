@@ -236,11 +236,17 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return Response(msgspec.json.encode(body), status=status, content_type="application/json", headers=headers)
 
 
+# An answer given before the whole body was read must close the connection: the unread rest of the body
+# would otherwise be taken for the next request, and a proxy that reuses its upstream connections
+# (Caddy does) waits on it for ever, so the next delivery, a real one, hangs and is lost.
+_CLOSE = {"Connection": "close"}
+
+
 async def _read_body(limit: int) -> bytes:
     """The whole body, or ``_Answer(413)`` as soon as more than ``limit`` bytes arrived."""
     length = request.content_length
     if length is not None and length > limit:
-        raise _Answer(413, f"body larger than {limit} bytes")
+        raise _Answer(413, f"body larger than {limit} bytes", _CLOSE)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -248,12 +254,12 @@ async def _read_body(limit: int) -> bytes:
             async for chunk in request.body:
                 size += len(chunk)
                 if size > limit:
-                    raise _Answer(413, f"body larger than {limit} bytes")
+                    raise _Answer(413, f"body larger than {limit} bytes", _CLOSE)
                 chunks.append(chunk)
     except RequestEntityTooLarge:
-        raise _Answer(413, f"body larger than {limit} bytes") from None
+        raise _Answer(413, f"body larger than {limit} bytes", _CLOSE) from None
     except trio.TooSlowError:
-        raise _Answer(408, "body not received in time") from None
+        raise _Answer(408, "body not received in time", _CLOSE) from None
     return b"".join(chunks)
 
 

@@ -212,6 +212,26 @@ async def test_oversized_with_content_length() -> None:
         assert h.intake.items == []
 
 
+async def test_an_answer_before_the_body_is_read_says_the_connection_closes() -> None:
+    """The unread body must not be taken for the next request: a proxy that reuses its upstream connection
+    (Caddy does) would wait on it and hang the next delivery. ``Connection: close`` tells it not to reuse it."""
+    async with running() as h:
+        stream = await trio.open_tcp_stream("127.0.0.1", int(h.url.rsplit(":", 1)[1]))
+        async with stream:
+            await stream.send_all(
+                b"POST /webhooks/clover HTTP/1.1\r\nHost: x\r\nX-Clover-Auth: " + AUTH.encode()
+                + b"\r\nContent-Length: 999999999\r\n\r\n" + b"x" * 1000
+            )
+            data = b""
+            with trio.fail_after(10):
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(4096)
+                    assert chunk, "connection closed without an answer"
+                    data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 413") and b"connection: close" in head, data[:300]
+
+
 async def _read_status(stream: trio.SocketStream) -> int:
     data = b""
     with trio.fail_after(10):
