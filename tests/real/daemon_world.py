@@ -500,12 +500,16 @@ class DaemonWorld:
         """
         await trio.sleep(2.1)
         await woo.create_product(stock=1, name="Daemon poll cursor mover")
+        await self.wait_polls(2)
+
+    async def wait_polls(self, n: int) -> None:
+        """Wait until the daemon's WooCommerce poll has run ``n`` more times (the first may be under way)."""
         polls = (await self.status())["woocommerce_poll"]["polls"]
         with trio.move_on_after(60.0):
-            while (await self.status())["woocommerce_poll"]["polls"] < polls + 2:
+            while (await self.status())["woocommerce_poll"]["polls"] < polls + n:
                 await trio.sleep(0.2)
             return
-        raise AssertionError(f"the daemon's WooCommerce poll did not run twice in 60 s\n{self.tail()}")
+        raise AssertionError(f"the daemon's WooCommerce poll did not run {n} times in 60 s\n{self.tail()}")
 
     # ------------------------------------------------------------ waiting for the other side
 

@@ -107,14 +107,13 @@ async def test_check_config_passes_against_the_real_store(daemon_world: DaemonWo
 # initial sync
 
 
-async def drift_woo(world: DaemonWorld, woo: RealStore, item: Item, quantity: int) -> None:
+async def drift_woo(woo: RealStore, item: Item, quantity: int) -> None:
     """The stock changed in the store's database behind everyone's back (another app, a restored backup):
     no webhook and no ``date_modified``, so no poll sees it; only a recount can.
 
     The poll's query overlaps its cursor by a second and re-lists what was modified then, fresh stock
-    included: the cursor is first moved past ``item`` (another product saved two seconds later).
+    included: the caller first makes sure the cursor is past ``item`` (``world.move_poll_cursor``).
     """
-    await world.move_poll_cursor(woo)
     for query in (f"UPDATE wp_postmeta SET meta_value = '{quantity}' WHERE post_id = {item.id} AND meta_key = '_stock'",
                   f"UPDATE wp_wc_product_meta_lookup SET stock_quantity = {quantity} WHERE product_id = {item.id}"):
         await trio.to_thread.run_sync(woo.rig.sql, query)
@@ -133,14 +132,14 @@ async def test_sync_import_push_and_their_dry_runs(daemon_world: DaemonWorld, re
     async def dry_run(direction: str, expect: dict[str, Any]) -> dict[str, Any]:
         """``sync DIRECTION --dry-run``: the diff of our products is ``expect``; nothing written for 3 s."""
         modified = {p.sku: await woo_modified(realwoo, p.woo) for p in (a, b)}
+        # both were last saved seconds ago, so a write now would move date_modified (one-second resolution)
         stocks = [(await realwoo.stock(p.woo), await world.clover_stock(p.clover)) for p in (a, b)]
-        await trio.sleep(1.1)  # date_modified has a one-second resolution
         since, mark = time.time(), world.access_mark()
         result = await world.cli_job("sync", direction, "--dry-run")
         side = "woo" if direction == "import" else "clover"
         assert result["dry_run"] and {r["sku"]: r[side] for r in result["diff"] if r["sku"] in (a.sku, b.sku)} \
             == expect, result["diff"]
-        await trio.sleep(3.0)  # a poll or two of each side
+        await trio.sleep(2.5)  # a poll of each side at least
         assert world.store_writes(mark) == [], f"the daemon wrote to WooCommerce after sync {direction} --dry-run"
         assert await world.clover_writes(since) == [], f"the daemon wrote to Clover after sync {direction} --dry-run"
         for p in (a, b):
@@ -148,7 +147,8 @@ async def test_sync_import_push_and_their_dry_runs(daemon_world: DaemonWorld, re
         assert [(await realwoo.stock(p.woo), await world.clover_stock(p.clover)) for p in (a, b)] == stocks
         return result
 
-    await drift_woo(world, realwoo, a.woo, 2)
+    await world.move_poll_cursor(realwoo)
+    await drift_woo(realwoo, a.woo, 2)
     dry_import = await dry_run("import", {a.sku: [2, 5]})
     await dry_run("push", {a.sku: {LOCATION: [5, 2]}})
     since, mark = time.time(), world.access_mark()
@@ -162,7 +162,8 @@ async def test_sync_import_push_and_their_dry_runs(daemon_world: DaemonWorld, re
     import_writes = world.store_writes(mark)
     assert import_writes, "the import wrote nothing to WooCommerce"
 
-    await drift_woo(world, realwoo, b.woo, 9)
+    await world.wait_polls(2)  # the import's write to `a` moved the cursor well past `b`, made before it
+    await drift_woo(realwoo, b.woo, 9)
     await dry_run("push", {b.sku: {LOCATION: [6, 9]}})
     since, mark = time.time(), world.access_mark()
     pushed = await world.cli_job("sync", "push")
