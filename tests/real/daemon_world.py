@@ -8,7 +8,8 @@ A ``DaemonWorld`` is:
   (``cloverwoo run --config X``, by ``tests/e2e/daemon_proc.DaemonProc``), with its
   config, secret files (mode 0600), state file and control socket in a
   directory of its own, WooCommerce reached with Basic auth or OAuth 1.0a
-  (``auth=``) and a webhook server on a fixed loopback port;
+  (``auth=``) and a webhook server on a fixed loopback port; the example
+  config's timings (both polls every 2 s, a reconcile every 15 minutes);
 - the WooCommerce webhooks, created by ``cloverwoo webhooks register`` run as
   an admin runs it: the real store delivers them to the daemon on loopback,
   signed with the world's secret (``server.public_url`` defaults to the
@@ -265,10 +266,10 @@ class DaemonWorld:
     def _delete_webhooks(self) -> None:
         api = self.rig.env["REALWOO_API"]
         with httpx.Client(auth=(self.rig.env["REALWOO_CK"], self.rig.env["REALWOO_CS"]), timeout=TIMEOUT) as http:
-            for hook in self.webhooks_sync(http):
+            for hook in self._our_webhooks(http):
                 http.delete(f"{api}/webhooks/{hook['id']}", params={"force": "true"}).raise_for_status()
 
-    def webhooks_sync(self, http: httpx.Client) -> list[dict[str, Any]]:
+    def _our_webhooks(self, http: httpx.Client) -> list[dict[str, Any]]:
         """The store's webhooks that deliver to this world (every status)."""
         api = self.rig.env["REALWOO_API"]
         hooks = http.get(f"{api}/webhooks", params={"per_page": "100", "status": "all"}).raise_for_status().json()
@@ -277,7 +278,7 @@ class DaemonWorld:
     async def webhooks(self) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
             with httpx.Client(auth=(self.rig.env["REALWOO_CK"], self.rig.env["REALWOO_CS"]), timeout=TIMEOUT) as h:
-                return self.webhooks_sync(h)
+                return self._our_webhooks(h)
 
         return await trio.to_thread.run_sync(read)
 
