@@ -507,7 +507,7 @@ async def test_units_lost_without_the_companion(daemon_world: DaemonWorld, realw
 
 @pytest.mark.xfail(strict=True, reason="new products bind at the next catalogue refresh (a reconcile, every "
                                        "reconcile_every, or a restart), not within seconds of appearing on both "
-                                       "sides; issue 13 asks for seconds")
+                                       "sides, as a merchant adding a product expects")
 async def test_a_product_added_on_both_sides_binds_within_seconds(daemon_world: DaemonWorld,
                                                                   realwoo: RealStore) -> None:
     """Added on both sides while the daemon runs, with a sale on each side before and after it binds:
