@@ -960,6 +960,7 @@ class CloverSim:
                     raise TypeError
             except (msgspec.DecodeError, KeyError, TypeError):
                 return _error(400, "Body must be JSON with a numeric quantity")
+            sim.stock_writes.append(StockWrite(m.id, it.id, float(quantity), time.time()))  # applied below
             last_read = sim._stock_reads.pop((m.id, it.id), None)
             if last_read is not None:
                 read, window = last_read[0], trio.current_time() - last_read[1]
@@ -968,7 +969,6 @@ class CloverSim:
                     sim.stock_overwrites.append(StockOverwrite(m.id, it.id, read, it.quantity, float(quantity),
                                                                it.quantity - read, window))
             was = sim._set_quantity(m, it, float(quantity))
-            sim.stock_writes.append(StockWrite(m.id, it.id, float(quantity), time.time()))
             if sim.emit_on_api_write:
                 sim._stock_changed(m, it, was)
             return _json({"item": {"id": it.id}, "stockCount": round_half_up(float(quantity)),

@@ -100,6 +100,7 @@ def realwoo_rig() -> Iterator[Rig]:
 def daemon_world(realwoo_rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonWorld]:
     with DaemonWorld.start(realwoo_rig, tmp_path_factory.mktemp("daemon-world")) as world:
         yield world
+    assert world.exit_code == 0, f"the daemon exited {world.exit_code} on SIGTERM\n{world.tail()}"
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ A ``DaemonWorld`` is:
   (``cloverwoo run --config X``, by ``tests/e2e/daemon_proc.DaemonProc``), with its
   config, secret files (mode 0600), state file and control socket in a
   directory of its own, WooCommerce reached with Basic auth or OAuth 1.0a
-  (``auth=``) and a webhook server on a fixed loopback port;
+  (``auth=``) and a webhook server on a fixed loopback port; the example
+  config's timings (both polls every 2 s, a reconcile every 15 minutes);
 - the WooCommerce webhooks, created by ``cloverwoo webhooks register`` run as
   an admin runs it: the real store delivers them to the daemon on loopback,
   signed with the world's secret (``server.public_url`` defaults to the
@@ -52,8 +53,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -200,26 +201,31 @@ class DaemonWorld:
     def start(
         cls, rig: Rig, directory: Path, *, auth: str = "basic", listen_port: int | None = None,
         public_url: str | None = None, register: bool = True, poll_every: str = "2s",
+        seed: Callable[[CloverSim, str], object] | None = None,
     ) -> Iterator[DaemonWorld]:
         """Start a world in ``directory`` (new or empty); closed when the ``with`` block ends.
 
         ``auth``: ``woocommerce.auth`` (``basic`` or ``oauth1``; the rig takes both over
         plain http). ``public_url``: where ``webhooks register`` points the store (the
         daemon itself by default). ``register=False`` leaves the webhooks to the caller.
+        ``seed(clover, merchant_id)`` runs on the world's loop before the daemon's first
+        start: what the merchant's Clover holds on the day of the installation.
         """
         port = listen_port or free_port()
         world = cls(rig, directory, auth=auth, listen_port=port, public_url=public_url or f"http://127.0.0.1:{port}")
         try:
-            world._start(register=register, poll_every=poll_every)
+            world._start(register=register, poll_every=poll_every, seed=seed)
             yield world
         finally:
             world.close()
 
-    def _start(self, *, register: bool, poll_every: str) -> None:
+    def _start(self, *, register: bool, poll_every: str, seed: Callable[[CloverSim, str], object] | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         clover_url = self.loop.run(self.loop.nursery.start, self.clover.run)
         merchant = self.loop.call(partial(self.clover.add_merchant, "Downtown", merchant_id="REALWOOSIM001"))
         self.merchant_id = merchant.id
+        if seed is not None:
+            self.loop.call(seed, self.clover, merchant.id)
         env = self.rig.env
         write_config(self.dir, clover_url=clover_url, woo_url=self.rig.url, locations={LOCATION: merchant.id},
                      tokens={LOCATION: merchant.token}, woo_key=env["REALWOO_CK"], woo_secret=env["REALWOO_CS"],
@@ -260,10 +266,10 @@ class DaemonWorld:
     def _delete_webhooks(self) -> None:
         api = self.rig.env["REALWOO_API"]
         with httpx.Client(auth=(self.rig.env["REALWOO_CK"], self.rig.env["REALWOO_CS"]), timeout=TIMEOUT) as http:
-            for hook in self.webhooks_sync(http):
+            for hook in self._our_webhooks(http):
                 http.delete(f"{api}/webhooks/{hook['id']}", params={"force": "true"}).raise_for_status()
 
-    def webhooks_sync(self, http: httpx.Client) -> list[dict[str, Any]]:
+    def _our_webhooks(self, http: httpx.Client) -> list[dict[str, Any]]:
         """The store's webhooks that deliver to this world (every status)."""
         api = self.rig.env["REALWOO_API"]
         hooks = http.get(f"{api}/webhooks", params={"per_page": "100", "status": "all"}).raise_for_status().json()
@@ -272,7 +278,7 @@ class DaemonWorld:
     async def webhooks(self) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
             with httpx.Client(auth=(self.rig.env["REALWOO_CK"], self.rig.env["REALWOO_CS"]), timeout=TIMEOUT) as h:
-                return self.webhooks_sync(h)
+                return self._our_webhooks(h)
 
         return await trio.to_thread.run_sync(read)
 
@@ -430,12 +436,18 @@ class DaemonWorld:
         return self.access_log.stat().st_size
 
     def store_writes(self, mark: int) -> list[str]:
-        """Access-log lines after ``mark`` of requests that can write, made by the daemon's client."""
+        """Access-log lines after ``mark`` of the daemon's requests that can write a product or its stock
+        (any method but GET, to ``/products...`` or the companion's ``/stock``)."""
         with self.access_log.open("rb") as f:
             f.seek(mark)
             text = f.read().decode("utf-8", "replace")
-        return [ln for ln in text.splitlines()
-                if ln.split(" ")[1:2] and ln.split(" ")[1] != "GET" and ln.rstrip().endswith(DAEMON_UA)]
+        out = []
+        for line in text.splitlines():
+            fields = line.split(" ")  # time, method, URI, status, duration, User-Agent
+            if len(fields) >= 3 and fields[1] != "GET" and line.rstrip().endswith(DAEMON_UA) and (
+                    "/wc/v3/products" in fields[2] or "/wc-cloverwoo/v1/stock" in fields[2]):
+                out.append(line)
+        return out
 
     # ------------------------------------------------------------ products on both sides
 
@@ -480,6 +492,26 @@ class DaemonWorld:
         raise AssertionError(f"not bound and synced 60 s after a reconcile: {[p.name for p in missing]}; "
                              f"reconcile: {result}\n{self.tail()}")
 
+    async def move_poll_cursor(self, woo: RealStore) -> None:
+        """Move the daemon's WooCommerce poll cursor past every product modified so far.
+
+        The poll lists what was modified after its cursor minus one second (``modified_after`` is strict
+        at one-second resolution), so the last products saved are listed again, fresh stock included, on
+        every pass. A product saved (created) two seconds later, and two passes, move it on.
+        """
+        await trio.sleep(2.1)
+        await woo.create_product(stock=1, name="Daemon poll cursor mover")
+        await self.wait_polls(2)
+
+    async def wait_polls(self, n: int) -> None:
+        """Wait until the daemon's WooCommerce poll has run ``n`` more times (the first may be under way)."""
+        polls = (await self.status())["woocommerce_poll"]["polls"]
+        with trio.move_on_after(60.0):
+            while (await self.status())["woocommerce_poll"]["polls"] < polls + n:
+                await trio.sleep(0.2)
+            return
+        raise AssertionError(f"the daemon's WooCommerce poll did not run {n} times in 60 s\n{self.tail()}")
+
     # ------------------------------------------------------------ waiting for the other side
 
     async def wait_woo(self, woo: RealStore, item: Item, value: int, *, since: float,
@@ -507,3 +539,15 @@ class DaemonWorld:
                 await trio.sleep(0.01)
         raise AssertionError(f"timed out after {timeout:g} s waiting for Clover item {item_id} to show {value} "
                              f"{what}(last {last})\n{self.tail()}")
+
+
+@asynccontextmanager
+async def open_world(rig: Rig, directory: Path, **kwargs: Any) -> AsyncIterator[DaemonWorld]:
+    """``DaemonWorld.start`` from inside a test's trio run (for a world of one test only)."""
+    manager = DaemonWorld.start(rig, directory, **kwargs)
+    world = await trio.to_thread.run_sync(manager.__enter__)
+    try:
+        yield world
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(manager.__exit__, None, None, None)

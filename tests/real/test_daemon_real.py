@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +32,8 @@ import httpx
 import pytest
 import trio
 
-from tests.real.daemon_world import LOCATION, DaemonWorld
+from cloverwoo_daemon.sim.clover import CloverSim
+from tests.real.daemon_world import LOCATION, DaemonWorld, open_world
 from tests.real.stores import Item, RealStore
 
 pytestmark = pytest.mark.realwoo
@@ -105,64 +108,103 @@ async def test_check_config_passes_against_the_real_store(daemon_world: DaemonWo
 # initial sync
 
 
+async def drift_woo(woo: RealStore, item: Item, quantity: int) -> None:
+    """The stock changed in the store's database behind everyone's back (another app, a restored backup):
+    no webhook and no ``date_modified``, so no poll sees it; only a recount can.
+
+    The poll's query overlaps its cursor by a second and re-lists what was modified then, fresh stock
+    included: the caller first makes sure the cursor is past ``item`` (``world.move_poll_cursor``).
+    """
+    for query in (f"UPDATE wp_postmeta SET meta_value = '{quantity}' WHERE post_id = {item.id} AND meta_key = '_stock'",
+                  f"UPDATE wp_wc_product_meta_lookup SET stock_quantity = {quantity} WHERE product_id = {item.id}"):
+        await trio.to_thread.run_sync(woo.rig.sql, query)
+    assert await woo.stock(item) == quantity
+
+
 async def test_sync_import_push_and_their_dry_runs(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
-    """A dry run writes nothing on either side (not even WooCommerce's date_modified); import makes
-    WooCommerce follow Clover, push makes Clover follow WooCommerce, each writing only the other side."""
+    """A dry run writes nothing on either side (not even WooCommerce's date_modified) and shows the diff;
+    import makes WooCommerce follow Clover, push makes Clover follow WooCommerce, each writing only the
+    other side. The drift they correct is one no webhook or poll reported (a direct database edit)."""
     world = daemon_world
-    async with realwoo.deliveries_held():  # no late delivery may trigger a merge of what the dry runs bind
-        a = await world.pair(realwoo, stock=5, clover_stock=9, label="IMP")
-        b = await world.pair(realwoo, stock=6, clover_stock=11, label="IMP")
-        ours = {a.sku, b.sku}
+    a = await world.pair(realwoo, stock=5, label="IMP")
+    b = await world.pair(realwoo, stock=6, label="PSH")
+    await world.bind(a, b)
+
+    async def dry_run(direction: str, expect: dict[str, Any]) -> dict[str, Any]:
+        """``sync DIRECTION --dry-run``: the diff of our products is ``expect``; nothing written for 3 s."""
         modified = {p.sku: await woo_modified(realwoo, p.woo) for p in (a, b)}
-        await trio.sleep(1.1)  # date_modified has a one-second resolution
+        # both were last saved seconds ago, so a write now would move date_modified (one-second resolution)
+        stocks = [(await realwoo.stock(p.woo), await world.clover_stock(p.clover)) for p in (a, b)]
         since, mark = time.time(), world.access_mark()
+        result = await world.cli_job("sync", direction, "--dry-run")
+        side = "woo" if direction == "import" else "clover"
+        assert result["dry_run"] and {r["sku"]: r[side] for r in result["diff"] if r["sku"] in (a.sku, b.sku)} \
+            == expect, result["diff"]
+        await trio.sleep(2.5)  # a poll of each side at least
+        assert world.store_writes(mark) == [], f"the daemon wrote to WooCommerce after sync {direction} --dry-run"
+        assert await world.clover_writes(since) == [], f"the daemon wrote to Clover after sync {direction} --dry-run"
+        for p in (a, b):
+            assert await woo_modified(realwoo, p.woo) == modified[p.sku], f"{p.sku} modified by a dry run"
+        assert [(await realwoo.stock(p.woo), await world.clover_stock(p.clover)) for p in (a, b)] == stocks
+        return result
 
-        async def nothing_written(after: str) -> None:
-            await trio.sleep(3.0)  # a poll or two of each side
-            assert world.store_writes(mark) == [], f"the daemon wrote to WooCommerce after {after}"
-            assert await world.clover_writes(since) == [], f"the daemon wrote to Clover after {after}"
-            for p in (a, b):
-                assert await woo_modified(realwoo, p.woo) == modified[p.sku], f"{p.sku} modified by {after}"
-            assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (5, 6)
-            assert (await world.clover_stock(a.clover), await world.clover_stock(b.clover)) == (9, 11)
+    await world.move_poll_cursor(realwoo)
+    await drift_woo(realwoo, a.woo, 2)
+    dry_import = await dry_run("import", {a.sku: [2, 5]})
+    await dry_run("push", {a.sku: {LOCATION: [5, 2]}})
+    since, mark = time.time(), world.access_mark()
+    t0 = time.monotonic()
+    imported = await world.cli_job("sync", "import")
+    took_import = time.monotonic() - t0
+    await world.wait_idle()
+    assert imported["kind"] == "import" and not imported["dry_run"] and imported["changed"] >= 1, imported
+    assert (await realwoo.stock(a.woo), await world.clover_stock(a.clover)) == (5, 5)
+    assert await world.clover_writes(since) == [], "an import wrote Clover, the truth"
+    import_writes = world.store_writes(mark)
+    assert import_writes, "the import wrote nothing to WooCommerce"
 
-        t0 = time.monotonic()
-        dry_import = await world.cli_job("sync", "import", "--dry-run")
-        took_dry = time.monotonic() - t0
-        rows = {r["sku"]: r for r in dry_import["diff"] if r["sku"] in ours}
-        assert dry_import["dry_run"] and {s: r["woo"] for s, r in rows.items()} == {a.sku: [5, 9], b.sku: [6, 11]}
-        await nothing_written("sync import --dry-run")
-        dry_push = await world.cli_job("sync", "push", "--dry-run")
-        rows = {r["sku"]: r for r in dry_push["diff"] if r["sku"] in ours}
-        assert {s: r["clover"] for s, r in rows.items()} == {a.sku: {LOCATION: [9, 5]}, b.sku: {LOCATION: [11, 6]}}
-        await nothing_written("sync push --dry-run")
+    await world.wait_polls(2)  # the import's write to `a` moved the cursor well past `b`, made before it
+    await drift_woo(realwoo, b.woo, 9)
+    await dry_run("push", {b.sku: {LOCATION: [6, 9]}})
+    since, mark = time.time(), world.access_mark()
+    pushed = await world.cli_job("sync", "push")
+    await world.wait_idle()
+    assert pushed["kind"] == "push" and pushed["changed"] >= 1, pushed
+    assert (await realwoo.stock(b.woo), await world.clover_stock(b.clover)) == (9, 9)
+    assert world.store_writes(mark) == [], "a push wrote WooCommerce, the truth"
+    assert [w.item_id for w in await world.clover_writes(since)] == [b.clover]
+    print(f"\nsync import --dry-run then import ({took_import:.1f} s) of {dry_import['total']} binding(s): "
+          f"{len(import_writes)} WooCommerce request(s); push: 1 Clover write")
 
-        t0 = time.monotonic()
-        imported = await world.cli_job("sync", "import")
-        took_import = time.monotonic() - t0
-        assert imported["kind"] == "import" and not imported["dry_run"] and imported["changed"] >= 2
+
+@pytest.mark.xfail(strict=True, reason="the first start recounts every product found on both sides by "
+                                       "sync.source_of_truth at once, before docs/SETUP.md's 'The first sync' "
+                                       "(sync import --dry-run, then sync import) can show or choose anything; "
+                                       "no setting makes a first start wait for it")
+async def test_the_first_start_writes_nothing_until_the_first_sync(realwoo: RealStore, tmp_path: Path) -> None:
+    """The day of the installation: the shop and the register disagree. The daemon's first start writes
+    nothing, so the merchant can look at the diff first and pick the side that is right, as
+    docs/SETUP.md's "The first sync" has them do after the start."""
+    item = await realwoo.create_product(stock=5, name=f"Daemon first start {secrets.token_hex(3)}")
+    modified = await woo_modified(realwoo, item)
+    clover: list[str] = []
+
+    def seed(sim: CloverSim, merchant_id: str) -> None:
+        clover.append(sim.add_item(merchant_id, str(item.data["name"]), sku=item.sku, quantity=9))
+
+    await trio.sleep(1.1)  # date_modified has a one-second resolution
+    async with open_world(realwoo.rig, tmp_path / "first-start", seed=seed) as world:
         await world.wait_idle()
-        assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (9, 11)
-        assert await world.clover_writes(since) == [], "an import wrote Clover, the truth"
-        import_writes = world.store_writes(mark)
-
-        # push: the store drifted behind the daemon's back (a direct database edit: no webhook, no
-        # date_modified), so only a recount can see it
-        await trio.to_thread.run_sync(realwoo.rig.sql, (
-            f"UPDATE wp_postmeta SET meta_value = '3' WHERE post_id = {a.woo.id} AND meta_key = '_stock'"))
-        await trio.to_thread.run_sync(realwoo.rig.sql, (
-            f"UPDATE wp_wc_product_meta_lookup SET stock_quantity = 3 WHERE product_id = {a.woo.id}"))
-        assert await realwoo.stock(a.woo) == 3
-        since, mark = time.time(), world.access_mark()
-        pushed = await world.cli_job("sync", "push")
+        stocks = (await realwoo.stock(item), await world.clover_stock(clover[0]))
+        print(f"\nfirst start: WooCommerce {stocks[0]} (was 5), Clover {stocks[1]} (was 9)")
+        assert stocks == (5, 9), "the first start wrote before any sync import or push"
+        assert await woo_modified(realwoo, item) == modified
+        assert await world.clover_writes() == []
+        dry = await world.cli_job("sync", "import", "--dry-run")
+        assert [r["woo"] for r in dry["diff"] if r["sku"] == item.sku] == [[5, 9]]
+        await world.cli_job("sync", "import")
         await world.wait_idle()
-        assert pushed["kind"] == "push" and pushed["changed"] >= 1
-        assert (await world.clover_stock(a.clover), await world.clover_stock(b.clover)) == (3, 11)
-        assert (await realwoo.stock(a.woo), await realwoo.stock(b.woo)) == (3, 11)
-        assert world.store_writes(mark) == [], "a push wrote WooCommerce, the truth"
-        assert [w.item_id for w in await world.clover_writes(since)] == [a.clover]
-    print(f"\nsync import --dry-run {took_dry:.1f} s, sync import {took_import:.1f} s (bindings in the world: "
-          f"{dry_import['total']}); the import's WooCommerce requests: {len(import_writes)}")
+        assert (await realwoo.stock(item), await world.clover_stock(clover[0])) == (9, 9)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,13 +237,35 @@ async def test_a_sale_each_way(daemon_world: DaemonWorld, realwoo: RealStore, de
           f"accepted meanwhile: {accepted:g}; merge triggers: {triggers(merges)}")
     assert await realwoo.stock(p.woo) == 15 and await world.clover_stock(p.clover) == 15
     online_merge = [m for m in merges if m["detail"]["write"]["clover"]]
-    assert len(online_merge) == 1, merges
+    assert len(online_merge) == 1, [(m["trigger"], m["detail"]) for m in merges]
     if delivery == "sync":
         assert online_merge[0]["trigger"].startswith("webhook:woo"), online_merge
         assert accepted >= 1
     else:
         assert online_merge[0]["trigger"] == "poll:woo", online_merge
         assert accepted == 0, "a WooCommerce delivery arrived while WP-Cron was held"
+
+
+async def test_a_sale_each_way_with_oauth1(realwoo: RealStore, tmp_path: Path) -> None:
+    """The daemon signing every WooCommerce request with OAuth 1.0a (``woocommerce.auth = "oauth1"``, what
+    ``auto`` picks for a plain-http store): its reads, its stock writes and ``webhooks register``."""
+    async with open_world(realwoo.rig, tmp_path / "oauth1", auth="oauth1") as world:
+        p = await world.pair(realwoo, stock=10)
+        await world.bind(p)
+        mark = world.access_mark()
+        async with delivery_mode(realwoo, "sync"):
+            t0 = time.time()
+            await world.clover_sale(p.clover, 1)
+            pos = await world.wait_woo(realwoo, p.woo, 9, since=t0, what="(OAuth 1.0a) after a POS sale ")
+            t1 = time.time()
+            await realwoo.order({p.woo: 2})
+            online = await world.wait_clover(p.clover, 7, since=t1, what="(OAuth 1.0a) after an online order ")
+            await world.wait_idle()
+        writes = world.store_writes(mark)
+        print(f"\n[oauth1] POS sale -> WooCommerce {pos.seconds:.2f} s, online order -> Clover {online.seconds:.2f} s")
+        assert len(await world.webhooks()) == 4
+    assert writes and all("oauth_signature_method=" in w for w in writes), writes
+    assert await realwoo.stock(p.woo) == 7
 
 
 async def test_a_variation_each_way(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
@@ -221,10 +285,10 @@ async def test_a_variation_each_way(daemon_world: DaemonWorld, realwoo: RealStor
     assert (await realwoo.stock(medium.woo), await world.clover_stock(medium.clover)) == (2, 2)
 
 
-@pytest.mark.parametrize("delivery", ["sync", "held"])
-async def test_a_hand_edit_in_woocommerce_reaches_clover(daemon_world: DaemonWorld, realwoo: RealStore,
-                                                         delivery: str) -> None:
+async def test_a_hand_edit_in_woocommerce_reaches_clover(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """An absolute figure typed in WooCommerce (the poll's path is the sale test's ``held`` case)."""
     world = daemon_world
+    delivery = "sync"
     p = await world.pair(realwoo, stock=12)
     await world.bind(p)
     async with delivery_mode(realwoo, delivery):
@@ -296,7 +360,7 @@ async def test_the_untracked_product_is_never_written(daemon_world: DaemonWorld,
     async with delivery_mode(realwoo, "sync"):
         await world.clover_sale(p.clover, 2)
         await realwoo.order({p.woo: 1})
-        await trio.sleep(5.0)  # webhooks each way, then two polls of each side
+        await trio.sleep(3.0)  # webhooks each way, then a poll of each side
         await world.reconcile()
         await world.wait_idle()
     row = await world.row_of(p)
@@ -389,12 +453,61 @@ async def test_no_write_loop(daemon_world: DaemonWorld, realwoo: RealStore) -> N
 
 
 # --------------------------------------------------------------------------------------------------
+# the race left open without the companion (measured on demand)
+
+RACE_SECONDS = float(os.environ.get("CLOVERWOO_REALWOO_RACE_SECONDS") or 0)
+RACE_RATE = 5.0  # sales per second on each side, as the figure the companion was built for was measured
+
+
+@pytest.mark.skipif(RACE_SECONDS <= 0, reason="measured on demand (CLOVERWOO_REALWOO_RACE_SECONDS=120): units lost "
+                                              "when POS sales and checkouts hit one product at 5/s each")
+async def test_units_lost_without_the_companion(daemon_world: DaemonWorld, realwoo: RealStore) -> None:
+    """POS sales (Clover) and real paid checkouts (WooCommerce) on ONE product, 5/s each, synchronous
+    delivery: the daemon writes WooCommerce with ``inventory_delta``, which overwrites a checkout landing
+    inside its request, and Clover with read-then-write, which overwrites a POS sale landing between the
+    two. The units lost are printed; the sides must agree at the end."""
+    world = daemon_world
+    start = int(RACE_SECONDS * RACE_RATE * 2 * 2) + 100
+    p = await world.pair(realwoo, stock=start, label="RACE")
+    await world.bind(p)
+    sold = {"pos": 0, "online": 0}
+    overwrites_before = len(await world.loop.acall(lambda: list(world.clover.stock_overwrites)))
+
+    async def sell(side: str, period: float) -> None:
+        deadline = trio.current_time() + RACE_SECONDS
+        while trio.current_time() < deadline:
+            t0 = trio.current_time()
+            if side == "pos":
+                await world.clover_sale(p.clover, 1)
+            else:
+                await realwoo.order({p.woo: 1})
+            sold[side] += 1
+            await trio.sleep(max(0.0, period - (trio.current_time() - t0)))
+
+    async with delivery_mode(realwoo, "sync"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sell, "pos", 1 / RACE_RATE)
+            for _ in range(4):  # a checkout takes 0.2-1 s on a busy 2-core box: four buyers to keep up
+                nursery.start_soon(sell, "online", 4 / RACE_RATE)
+        await world.wait_idle(quiet=3.0)
+    woo, clover = await realwoo.stock(p.woo), await world.clover_stock(p.clover)
+    expected = start - sold["pos"] - sold["online"]
+    overwrites = (await world.loop.acall(lambda: list(world.clover.stock_overwrites)))[overwrites_before:]
+    total = sold["pos"] + sold["online"]
+    print(f"\nrace without the companion, {RACE_SECONDS:g} s: {sold['pos']} POS sales + {sold['online']} checkouts "
+          f"on one product; WooCommerce {woo}, Clover {clover}, expected {expected}: "
+          f"{(woo or 0) - expected} unit(s) lost ({((woo or 0) - expected) / total:.1%} of sales); "
+          f"Clover overwrites seen by the simulator: {len(overwrites)} ({-sum(o.lost for o in overwrites):g} units)")
+    assert woo == clover, "the two sides do not agree after the race"
+
+
+# --------------------------------------------------------------------------------------------------
 # a product added mid-run
 
 
 @pytest.mark.xfail(strict=True, reason="new products bind at the next catalogue refresh (a reconcile, every "
                                        "reconcile_every, or a restart), not within seconds of appearing on both "
-                                       "sides; issue 13 asks for seconds")
+                                       "sides, as a merchant adding a product expects")
 async def test_a_product_added_on_both_sides_binds_within_seconds(daemon_world: DaemonWorld,
                                                                   realwoo: RealStore) -> None:
     """Added on both sides while the daemon runs, with a sale on each side before and after it binds:
