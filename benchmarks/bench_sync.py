@@ -357,6 +357,7 @@ async def chaos_run(args: argparse.Namespace, workdir: Path, seed: int) -> dict[
             # per drifting product, the units the worse side is off by (both sides equal and wrong: counted once)
             lost = sum(max(abs(d["expected"] - (d["clover"] or 0)), abs(d["expected"] - (d["woo"] or 0)))
                        for d in drift)
+            causes = attribute(world, ledger)
             return {
                 "seed": seed,
                 "locations": len(world.locations),
@@ -369,10 +370,53 @@ async def chaos_run(args: argparse.Namespace, workdir: Path, seed: int) -> dict[
                 "drift": len(drift),
                 "lost_units": lost,
                 "conflicts": await daemon.conflicts(),
+                **causes,
             }
         finally:
             await daemon.stop()
             nursery.cancel_scope.cancel()
+
+
+def attribute(world: World, ledger: Ledger) -> dict[str, Any]:
+    """Each lost unit's cause: a race the simulators recorded, or the daemon's own doing.
+
+    A Clover write that replaced a sale made inside its read-to-write window
+    (``CloverSim.stock_overwrites``) and a WooCommerce ``inventory_delta``
+    that erased a checkout inside its PHP request (``WooSim.lost_updates``)
+    take that change off both sides once the daemon carries the write across:
+    each product must end at the ledger's figure less those changes. Whatever
+    differs beyond that, on either side, is ours.
+    """
+    items = {(world.locations[loc], item): p.sku for p in world.products for loc, item in p.clover.items()}
+    refs = {p.woo.variation_id or p.woo.product_id: p.sku for p in world.products}
+    clover_lost: Counter[str] = Counter()
+    woo_lost: Counter[str] = Counter()
+    for o in world.clover.stock_overwrites:
+        sku = items.get((o.merchant_id, o.item_id))
+        if sku is not None:
+            clover_lost[sku] += round(o.lost)
+    for u in world.woo.lost_updates:
+        sku = refs.get(u.product_id)
+        if sku is not None:
+            woo_lost[sku] += u.lost
+    ours = 0
+    wrong: list[dict[str, Any]] = []
+    for p in world.products:
+        want = ledger.expected(p) - clover_lost[p.sku] - woo_lost[p.sku]
+        clover, woo = world.clover_stock(p), world.woo_stock(p)
+        off = max(abs(want - (clover if clover is not None else want)), abs(want - (woo if woo is not None else want)))
+        if off or clover is None or woo is None:
+            ours += off
+            wrong.append({"sku": p.sku, "clover": clover, "woo": woo, "expected": ledger.expected(p),
+                          "clover_race": clover_lost[p.sku], "woo_race": woo_lost[p.sku]})
+    return {
+        "lost_clover_race": -sum(clover_lost.values()),
+        "clover_overwrites": len(world.clover.stock_overwrites),
+        "lost_woo_race": -sum(woo_lost.values()),
+        "woo_lost_updates": len(world.woo.lost_updates),
+        "lost_ours": ours,
+        "ours_detail": wrong,
+    }
 
 
 def msgspec_fields(struct: Any) -> dict[str, Any]:
@@ -455,6 +499,11 @@ def main() -> int:
                       f"({r['units']} units, {r['refunds']} refunds), {r['webhooks_dropped']} webhooks dropped, "
                       f"lost {r['lost_units']} units, drift {r['drift']}, conflicts {r['conflicts']}, "
                       f"settled {r['settled']}")
+                print(f"    causes: Clover overwrites {r['clover_overwrites']} ({r['lost_clover_race']:+d} units), "
+                      f"WooCommerce lost updates {r['woo_lost_updates']} ({r['lost_woo_race']:+d} units), "
+                      f"ours {r['lost_ours']} units")
+                for d in r["ours_detail"]:
+                    print(f"      ours: {d}")
             totals = Counter()
             for r in runs:
                 totals.update({k: r[k] for k in ("sales", "units", "lost_units", "drift")})

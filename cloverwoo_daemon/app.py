@@ -29,6 +29,7 @@ import trio
 from cloverwoo_daemon.actors.admin import Admin, WebhookHealth
 from cloverwoo_daemon.actors.alerts import AlertActor, AlertDeps
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
+from cloverwoo_daemon.actors.companion import CompanionWatch
 from cloverwoo_daemon.actors.exclusions import Exclusions
 from cloverwoo_daemon.actors.health import HealthActor, HealthDeps
 from cloverwoo_daemon.actors.intake import Intake, decode_event
@@ -167,6 +168,7 @@ async def run_daemon(
             on_event=health.saw,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
+        companion = CompanionWatch(woo)  # writes go through the WordPress companion while it answers
         alerts = build_alerts(cfg, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
@@ -188,7 +190,7 @@ async def run_daemon(
             store=store, woo=batching_woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
             intents=intents, on_merge=metrics.observe_merge, on_conflict=conflict_seen,
             on_stock=stock_seen, on_failure=alerts.notice_failure,
-            reach=reach,
+            reach=reach, companion=companion.current, companion_gone=companion.gone,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
@@ -251,12 +253,14 @@ async def run_daemon(
         shard_deps.excluded_sku = exclusions.excluded_sku
         jobs.excluded_sku = exclusions.excluded_sku
         admin.exclusions = exclusions
+        admin.companion = companion
         refresh_metrics = watch(metrics, store=store, table=table, shards=shards,
                                 shard_inboxes=[s for s, _ in shard_chans])
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
+            await actors.start(supervisor.supervise, "companion", companion.run)  # asks once before going on
             for name, provider in providers.items():
                 await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
             await actors.start(supervisor.supervise, "router",

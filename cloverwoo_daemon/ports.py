@@ -93,10 +93,11 @@ class CloverPort(Protocol):
     async def aclose(self) -> None: ...
 
 
-# -- a Woo stock write, optionally with extra product meta sent in the same request
+# -- a Woo stock write: (ref, inventory_delta, marker[, extra meta]). The marker is the write id recorded in
+# product meta in the same request (None: the marker is left alone). Extra meta is sent in the same request
 # (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only; a
-# value of None removes the key (the REST API's ``update_meta_data(key, null)``).
-StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str | None]]
+# meta value of None removes the key (the REST API's ``update_meta_data(key, null)``).
+StockWrite = tuple[WooRef, int, str | None] | tuple[WooRef, int, str | None, dict[str, str | None]]
 
 
 class WooPort(Protocol):
@@ -109,10 +110,10 @@ class WooPort(Protocol):
     async def apply_deltas(
         self, changes: Sequence[StockWrite]  # was list[tuple[WooRef, int, int]]
     ) -> list[WooWriteResult]:
-        """Apply ``(ref, inventory_delta, version_marker[, meta])`` changes; batches of ≤ 100 per call.
+        """Apply ``(ref, inventory_delta, marker[, meta])`` changes; batches of ≤ 100 per call.
 
         Each change writes ``inventory_delta`` and the product meta marker
-        ``_cloverwoo_version`` in the same request. Per-item errors come back
+        ``_cloverwoo_version`` (the intent's write id) in the same request. Per-item errors come back
         as ``ok=False`` results, never as an exception.
         """
         ...

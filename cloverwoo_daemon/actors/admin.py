@@ -81,6 +81,7 @@ class Admin:
     stock_policy: Any = None
     health_monitor: Any = None
     exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
+    companion: Any = None  # set by app.py: actors.companion.CompanionWatch (whether stock writes are atomic)
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -373,6 +374,7 @@ class Admin:
                 "last_dry_run": {k: _job_summary(v) for k, v in self.jobs.last_dry_run.items()},
                 "catalogue": self.jobs.report,
             },
+            "stock_writes": self.companion.summary() if self.companion is not None else None,
             "store": msgspec.to_builtins(stats) if stats is not None else None,
             "exclusions": self.exclusions.summary() if self.exclusions is not None else None,
         }

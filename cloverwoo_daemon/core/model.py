@@ -87,7 +87,7 @@ class WooStock(msgspec.Struct, frozen=True):
     ref: WooRef
     manage_stock: bool
     quantity: int | None
-    version_marker: int | None  # our product meta marker, if present
+    version_marker: str | None  # our product meta marker (the last write id sent with a delta), if present
     sku: str | None = None
     status: str = "publish"  # "trash": the merchant deleted it; the binding is dropped
 

@@ -123,20 +123,20 @@ def _quantity(value: Any) -> int | None:
         return None
 
 
-def _marker(meta: Iterable[Any]) -> int | None:
+def _marker(meta: Iterable[Any]) -> str | None:
+    """The write id our last ``inventory_delta`` left on the product (older daemons wrote a version number)."""
     for m in meta or ():
         if isinstance(m, dict) and m.get("key") == VERSION_META_KEY:
-            try:
-                return int(str(m.get("value")))
-            except ValueError:
-                return None
+            value = m.get("value")
+            return None if value is None or isinstance(value, dict | list) else str(value)
     return None
 
 
-# -- one stock write's batch entry; a zero delta with meta sends the meta only (no stock write)
+# -- one stock write's batch entry; a zero delta with meta sends the meta only (no stock write). A marker of
+# None leaves the product's marker alone (a meta-only write has nothing for recovery to tell).
 def _stock_update(change: StockWrite) -> dict[str, Any]:
-    ref, delta, version = change[0], change[1], change[2]
-    meta = [{"key": VERSION_META_KEY, "value": str(version)}]
+    ref, delta, marker = change[0], change[1], change[2]
+    meta = [] if marker is None else [{"key": VERSION_META_KEY, "value": str(marker)}]
     if len(change) > 3:
         meta += [{"key": k, "value": v} for k, v in change[3].items()]  # type: ignore[misc]
     update: dict[str, Any] = {"id": ref.variation_id or ref.product_id, "meta_data": meta}
@@ -220,10 +220,13 @@ class WooClient:
         json: Any = None,
         idempotent: bool = True,
         base: str | None = None,
+        unanswered: list[str] | None = None,
     ) -> httpx.Response:
         """One logical call with bounded retries; returns a 2xx/3xx response or raises a ports error.
 
-        ``path`` is under ``base`` (default: the ``wc/v3`` API root).
+        ``path`` is under ``base`` (default: the ``wc/v3`` API root). The
+        reasons of attempts that were sent but not answered (a 5xx, a timeout,
+        a reset) are appended to ``unanswered``, when given.
         """
         attempt = 0
         while True:
@@ -231,6 +234,8 @@ class WooClient:
             try:
                 return await self._attempt(method, path, params or {}, json, idempotent, base or self.api_url)
             except _Retryable as exc:
+                if exc.sent and unanswered is not None:
+                    unanswered.append(exc.reason)
                 if exc.sent and not idempotent:
                     log.warning("woo_write_outcome_unknown", method=method, path=path, reason=exc.reason)
                     raise WriteOutcomeUnknown(
@@ -508,10 +513,16 @@ class WooClient:
             chunk = list(changes[start : start + BATCH_LIMIT])
             body = {"changes": [{"write_id": c.write_id, "product_id": c.ref.variation_id or c.ref.product_id,
                                  "delta": c.delta} for c in chunk]}
+            unanswered: list[str] = []
             try:
-                answer = await self._json("POST", "/stock", json=body, base=self.companion_url)
+                answer = await self._json("POST", "/stock", json=body, base=self.companion_url, unanswered=unanswered)
             except NotFound as exc:
                 self.hooks.wrote(False, len(chunk))
+                if unanswered:
+                    # an earlier attempt of this call may have been applied before the route went away:
+                    # nobody can tell now, so this is not "nothing applied"
+                    raise RemoteError(f"POST /stock: the companion went away after an attempt whose outcome is "
+                                      f"unknown ({unanswered[-1]}); {exc}") from None
                 raise CompanionMissing(f"the companion is not installed ({exc})") from None
             except RemoteError:
                 self.hooks.wrote(False, len(chunk))

@@ -172,6 +172,24 @@ class StockWrite(msgspec.Struct, frozen=True):
     ts: float
 
 
+class LostUpdate(msgspec.Struct, frozen=True):
+    """A REST stock write that erased a change landing inside its read-modify-write window.
+
+    WooCommerce's REST controller loads the product (``read``), and saves the
+    stock it computed from that load; a checkout or refund that went through
+    the atomic SQL path meanwhile (``replaced`` differs from ``read``) is gone.
+    ``lost`` is that change in units (a checkout: negative).
+    """
+
+    product_id: int
+    read: int | None
+    replaced: int | None
+    written: int | None
+    lost: int
+    window: float  # seconds from the load to the save (the simulated clock)
+    source: str  # rest | batch
+
+
 class Delivery(msgspec.Struct, frozen=True):
     """One webhook send attempt (pings included, topic ``ping``)."""
 
@@ -346,6 +364,7 @@ class WooSim:
         self.in_flight = 0
         self.max_in_flight_seen = 0  # API requests being handled at once (tests check a client's cap)
         self.stock_writes: list[StockWrite] = []
+        self.lost_updates: list[LostUpdate] = []  # REST stock writes that erased a concurrent change
         self.deliveries: list[Delivery] = []
         self.deliveries_dropped = 0
         # The WordPress companion (off: its routes answer 404 rest_no_route, as without the file)
@@ -698,10 +717,17 @@ class WooSim:
     async def _rest_update(self, p: _Product, body: dict[str, Any], *, source: str, window: float) -> None:
         """One REST update of a product or variation: read, the PHP request's window, write."""
         before = p.stock_quantity  # WC_Product loaded at request start
+        started = self.clock()
         if window > 0:
             await trio.sleep(window)
         self._apply_plain_fields(p, body)
+        replaced = p.stock_quantity
         touched = self._apply_stock_fields(p, body, before=before)
+        relative = body.get("stock_quantity") is None and "inventory_delta" in body  # computed from the load
+        if relative and touched and replaced != before and p.manage_stock and None not in (replaced, before):
+            assert replaced is not None and before is not None
+            self.lost_updates.append(LostUpdate(p.id, before, replaced, p.stock_quantity, replaced - before,
+                                                self.clock() - started, source))
         self._saved(p, source=source, stock_before=before, stock_touched=touched)
 
     def _stock_holder(self, p: _Product) -> _Product:

@@ -17,14 +17,17 @@ import trio
 from cloverwoo_daemon.core.model import (
     Binding,
     CloverItem,
+    CompanionInfo,
     Conflict,
+    StockChange,
+    StockChangeResult,
     SyncLogRow,
     WooItem,
     WooRef,
     WooStock,
     WooWriteResult,
 )
-from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError
 
 Hook = Callable[..., Awaitable[None]]
 
@@ -108,11 +111,21 @@ class FakeStore:
 
 
 class FakeWoo:
-    """A WooPort over a dict of stock: deltas applied with their version marker, like ``inventory_delta``."""
+    """A WooPort over a dict of stock: deltas applied with their marker, like ``inventory_delta``.
+
+    With ``companion_info`` set it also plays the WordPress companion: ``apply_changes`` applies each write id
+    at most once and answers the stock it left; ``lose_answers`` applies the next N calls and then raises
+    (an answer lost on the way back); ``companion_info = None`` makes its route answer 404.
+    """
 
     def __init__(self) -> None:
         self.stock: dict[WooRef, int] = {}
-        self.markers: dict[WooRef, int] = {}
+        self.markers: dict[WooRef, str | int] = {}
+        self.companion_info: CompanionInfo | None = None
+        self.write_ids: dict[str, tuple[WooRef, int, int]] = {}  # write id -> (ref, delta, stock it left)
+        self.changes: list[StockChange] = []  # every change sent to the companion, resends included
+        self.lose_answers = 0
+        self.refuse: dict[WooRef, str] = {}  # per-item refusal codes
         self.meta: dict[WooRef, dict[str, str | None]] = {}
         self.writes: list[tuple[WooRef, int]] = []
         self.hold: Hook | None = None  # awaited inside apply_deltas, before the write lands
@@ -144,6 +157,35 @@ class FakeWoo:
             if delta:
                 self.writes.append((ref, delta))
             out.append(WooWriteResult(ref=ref, ok=True, quantity=self.stock[ref]))
+        return out
+
+    async def companion(self) -> CompanionInfo | None:
+        await trio.lowlevel.checkpoint()
+        return self.companion_info
+
+    async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
+        await trio.lowlevel.checkpoint()
+        if self.companion_info is None:
+            raise CompanionMissing("rest_no_route")
+        if self.hold is not None:
+            await self.hold(changes=changes)
+        out = []
+        for c in changes:
+            self.changes.append(c)
+            seen = self.write_ids.get(c.write_id)
+            if seen is not None:
+                out.append(StockChangeResult(c.write_id, c.ref, ok=True, new=False, quantity=seen[2]))
+            elif c.ref in self.refuse:
+                out.append(StockChangeResult(c.write_id, c.ref, ok=False, code=self.refuse[c.ref],
+                                             error=self.refuse[c.ref]))
+            else:
+                self.stock[c.ref] += c.delta
+                self.writes.append((c.ref, c.delta))
+                self.write_ids[c.write_id] = (c.ref, c.delta, self.stock[c.ref])
+                out.append(StockChangeResult(c.write_id, c.ref, ok=True, new=True, quantity=self.stock[c.ref]))
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise RemoteError("POST /stock: 503 after 4 attempts")
         return out
 
 

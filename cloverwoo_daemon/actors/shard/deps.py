@@ -11,7 +11,7 @@ import trio
 from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
-from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.core.model import Binding, CompanionInfo, Conflict
 from cloverwoo_daemon.messages import EventsSettled
 from cloverwoo_daemon.ports import CloverPort, StorePort, WooPort
 
@@ -43,6 +43,10 @@ class ShardDeps:
     # this mode switch leaves per-location mode: each of its merges removes the per-location meta
     clears_location_meta: Callable[[str], bool] = lambda job_id: False
     mode_switching: Callable[[], bool] = lambda: False  # a mode switch is running
+    # -- the WordPress companion (actors/companion.py): its status now (None: write by inventory_delta), and
+    # the hook a write calls when it finds the companion's route gone
+    companion: Callable[[], CompanionInfo | None] = lambda: None
+    companion_gone: Callable[[str], None] = lambda reason: None
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
     job_attempts: int = 8  # failed attempts after which a recount is reported failed to its job (it keeps retrying)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -45,9 +46,9 @@ from cloverwoo_daemon.actors.shard.recovery import decode_intent, recover
 from cloverwoo_daemon.actors.shard.scheduler import MergeFailed, MergeOutcome, short
 from cloverwoo_daemon.core import conflicts as core_conflicts
 from cloverwoo_daemon.core import merge as core_merge
-from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.core.model import Binding, Conflict, StockChange
 from cloverwoo_daemon.messages import Initialise
-from cloverwoo_daemon.ports import NotFound, RemoteError, StockWrite
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError, StockWrite
 
 log = structlog.get_logger("cloverwoo.shard")
 A = TypeVar("A")
@@ -115,7 +116,11 @@ class MergeExecutor:
 
         intent_raw = d.intents.get(bid)
         if intent_raw is not None:
-            binding = await recover(d, binding, decode_intent(intent_raw), woo_stock.version_marker, trigger)
+            interrupted = decode_intent(intent_raw)
+            binding = await recover(d, binding, interrupted, woo_stock.version_marker, trigger)
+            if interrupted.woo_via == "companion" and interrupted.woo_delta and not interrupted.woo_done:
+                # settled by sending its write id again, which may have applied it just now: read Woo afresh
+                woo_stock = await d.woo.get_stock(binding.woo)
 
         if not woo_stock.manage_stock:
             if binding.tracked:
@@ -250,34 +255,44 @@ class MergeExecutor:
         # not need them apart: the Woo marker tells whether a delta landed without its own commit, and
         # the last step is committed by the final one.
         clover_locs = [loc for loc, delta in plan.clover_deltas.items() if delta]
-        intent = core_merge.intent_for(binding, plan)
+        via: core_merge.WooVia = "companion" if plan.woo_delta and d.companion() is not None else "delta"
+        # unique per binding and write: a marker copied onto another product (Duplicate in wp-admin) or left
+        # by an earlier binding of the same product can never be taken for this write's
+        intent = core_merge.intent_for(binding, plan, write_id=f"{secrets.token_hex(16)}.{plan.version}",
+                                       via=via, now=time.time())
         if reread_clover and clover_locs and not plan.woo_delta:
             intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
         raw = _intent_encoder.encode(intent)
         d.intents[bid] = raw  # before the commit: whatever interrupts it, the next merge recovers first
         await d.store.save_intent(bid, raw)
 
-        # 1. WooCommerce: the delta and the version marker in one request.
+        # 1. WooCommerce: through the companion (exactly once by write id), or the delta and the marker in one
+        # request.
         attached: dict[str, str | None] | None = None
         if plan.woo_delta:
-            # the figures this merge will leave go in the same request as the delta
-            expected = msgspec.structs.replace(binding, base_clover={**binding.base_clover, **plan.clover_expected})
-            attached = self.meta.meta(expected, shown_figures, pending)
-            change: StockWrite = (binding.woo, plan.woo_delta, plan.version)
-            if attached is not None:
-                change = (binding.woo, plan.woo_delta, plan.version, attached)
-            (res,) = await d.woo.apply_deltas([change])
-            if not res.ok:
-                refused = RemoteError(f"woocommerce write refused: {res.error}")
-                await self.log_failure(bid, pending, refused)
-                raise MergeFailed(str(refused))
+            if via == "companion":
+                quantity = await self._companion_write(binding, intent, pending)
+            else:
+                # the figures this merge will leave go in the same request as the delta
+                expected = msgspec.structs.replace(binding,
+                                                   base_clover={**binding.base_clover, **plan.clover_expected})
+                attached = self.meta.meta(expected, shown_figures, pending)
+                change: StockWrite = (binding.woo, plan.woo_delta, intent.marker)
+                if attached is not None:
+                    change = (binding.woo, plan.woo_delta, intent.marker, attached)
+                (res,) = await d.woo.apply_deltas([change])
+                if not res.ok:
+                    refused = RemoteError(f"woocommerce write refused: {res.error}")
+                    await self.log_failure(bid, pending, refused)
+                    raise MergeFailed(str(refused))
+                quantity = res.quantity
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
             if clover_locs:
                 if reread_clover:
                     intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
                 await self._commit_step(binding, intent)
-            if res.quantity is not None and res.quantity != plan.expected_woo:
+            if quantity is not None and quantity != plan.expected_woo:
                 # A Woo-side change landed meanwhile: it is a fresh dW for the next merge, never absorbed.
                 rerun = True
         else:
@@ -345,6 +360,32 @@ class MergeExecutor:
         await self._flag(binding, plan, trigger)
         self._record(trigger, pending)
         return rerun
+
+    async def _companion_write(self, binding: Binding, intent: core_merge.WriteIntent, pending: Pending) -> int | None:
+        """The Woo delta through the WordPress companion; returns the stock right after it.
+
+        Error handling: a ``RemoteError`` leaves the intent as it is: the
+        binding's next merge resends the same write id, which applies it at
+        most once (``recovery``). ``CompanionMissing`` (its route answered 404,
+        so nothing was applied) clears the intent and fails the merge: the
+        retry reads afresh and writes by ``inventory_delta``. A refusal of the
+        change itself fails the merge like a refused ``inventory_delta``.
+        """
+        d = self.deps
+        bid = binding.binding_id
+        try:
+            (res,) = await d.woo.apply_changes([StockChange(intent.write_id, binding.woo, intent.woo_delta)])
+        except CompanionMissing as exc:
+            d.companion_gone(str(exc))
+            await d.store.commit_binding(binding, intent="clear", after_commit=lambda: d.intents.pop(bid, None))
+            missing = RemoteError(f"the WordPress companion is gone ({short(exc)}): merged again by inventory_delta")
+            await self.log_failure(bid, pending, missing)
+            raise MergeFailed(str(missing)) from None
+        if not res.ok:
+            refused = RemoteError(f"woocommerce change refused by the companion: {res.error}")
+            await self.log_failure(bid, pending, refused)
+            raise MergeFailed(str(refused))
+        return res.quantity
 
     async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
         raw = _intent_encoder.encode(intent)
