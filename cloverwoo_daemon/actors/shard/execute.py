@@ -2,9 +2,12 @@
 
 Rules (sync-model.md is the spec):
 
-- Every merge works from fresh reads; a recount (``Initialise``) works from
+- Every merge works from fresh reads; a recount (``Initialise``) plans from
   the job's list reads, which are safe bases unless a merge committed since
   (the ``version`` check) or a write was interrupted (then it reads fresh).
+  Its Clover writes still read the item right before writing it: a figure
+  from the list read, possibly minutes old, would overwrite every POS sale
+  made since.
 - A write intent is committed before the first remote write; after each
   remote write succeeds the bases move by exactly what that write
   transferred, committed at once. A crash at any point leaves either a
@@ -148,7 +151,7 @@ class MergeExecutor:
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
         binding = self.meta.carry_woo_change(binding, reads, pending)
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
-        rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
+        rerun = await self._execute(binding, plan, reads, pending, trigger)
         if read_failed:
             raise MergeFailed("a Clover location's read failed: merged without it, to be merged again")
         return MergeOutcome(rerun=rerun, job_result=_result_of(plan), reason=plan.skip)
@@ -216,8 +219,9 @@ class MergeExecutor:
             await d.store.append_log([row(binding, "warning", "initialise_skipped", "initialise",
                                           detail={"reason": plan.skip, "job": req.job_id})])
             return MergeOutcome(job_result="skipped", reason=plan.skip)
-        rerun = await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False,
-                                    shown=binding)
+        # Clover is written as any merge writes it, read right before (the list read may be minutes old: a POS
+        # sale since then must not be overwritten); a difference from the list read merges again.
+        rerun = await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", shown=binding)
         return MergeOutcome(rerun=rerun, job_result=_result_of(plan))
 
     # --------------------------------------------------------------- execute
@@ -230,7 +234,6 @@ class MergeExecutor:
         pending: Pending,
         trigger: str,
         *,
-        reread_clover: bool,
         shown: Binding | None = None,  # the binding whose figures Woo shows (a recount resets bases)
     ) -> bool:
         """Carry out a plan step by step (intent first, bases moved after each write); True to merge again."""
@@ -260,7 +263,7 @@ class MergeExecutor:
         # by an earlier binding of the same product can never be taken for this write's
         intent = core_merge.intent_for(binding, plan, write_id=f"{secrets.token_hex(16)}.{plan.version}",
                                        via=via, now=time.time())
-        if reread_clover and clover_locs and not plan.woo_delta:
+        if clover_locs and not plan.woo_delta:
             intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
         raw = _intent_encoder.encode(intent)
         d.intents[bid] = raw  # before the commit: whatever interrupts it, the next merge recovers first
@@ -289,8 +292,7 @@ class MergeExecutor:
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
             if clover_locs:
-                if reread_clover:
-                    intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
+                intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
                 await self._commit_step(binding, intent)
             if quantity is not None and quantity != plan.expected_woo:
                 # A Woo-side change landed meanwhile: it is a fresh dW for the next merge, never absorbed.
@@ -305,41 +307,32 @@ class MergeExecutor:
                 continue
             item_id = binding.clover_items[loc]
             client = d.clovers[loc]
-            # A merge reads right before writing, read and write admitted as one unit (the window for a
-            # POS sale is one round trip); a recount from list reads writes what it planned, at one call
-            # per item (the import's floor).
+            # Read right before writing, read and write admitted as one unit: the window for a POS sale is
+            # one round trip. A recount too: its list read may be minutes old.
             fresh: int | None
-            if reread_clover:
-                if loc not in intent.clover_started:
-                    intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
-                    await self._commit_step(binding, intent)
-                intent_now = intent
-                target_sent = False
+            if loc not in intent.clover_started:
+                intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
+                await self._commit_step(binding, intent)
+            intent_now = intent
+            target_sent = False
 
-                async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
-                    nonlocal intent_now, target_sent
-                    target_sent = True  # the POST goes out concurrently with this commit
-                    intent_now = msgspec.structs.replace(
-                        intent_now, clover_targets={**intent_now.clover_targets, loc: target})
-                    await self._commit_step(step_binding, intent_now)
+            async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
+                nonlocal intent_now, target_sent
+                target_sent = True  # the POST goes out concurrently with this commit
+                intent_now = msgspec.structs.replace(
+                    intent_now, clover_targets={**intent_now.clover_targets, loc: target})
+                await self._commit_step(step_binding, intent_now)
 
-                try:
-                    done = await client.read_then_write(item_id, delta, record_target)
-                except Exception:
-                    if not target_sent:  # it failed before its write went out: nothing there is in doubt
-                        await self._commit_step(binding, _not_started(intent, loc))
-                    raise
-                intent = intent_now
-                fresh = done[0] if done is not None else None
-                if fresh is None and not target_sent:
-                    intent = _not_started(intent, loc)  # no stock record: it returned without writing
-            else:
-                fresh = clover_reads.get(loc)
-                if fresh is not None:
-                    intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets,
-                                                                             loc: fresh + delta})
-                    await self._commit_step(binding, intent)
-                    await client.set_stock(item_id, fresh + delta)
+            try:
+                done = await client.read_then_write(item_id, delta, record_target)
+            except Exception:
+                if not target_sent:  # it failed before its write went out: nothing there is in doubt
+                    await self._commit_step(binding, _not_started(intent, loc))
+                raise
+            intent = intent_now
+            fresh = done[0] if done is not None else None
+            if fresh is None and not target_sent:
+                intent = _not_started(intent, loc)  # no stock record: it returned without writing
             if fresh is None:
                 await self._commit_step(binding, intent)
                 missing = RemoteError(f"clover item {item_id} at {loc} has no stock record")

@@ -139,3 +139,19 @@ async def test_a_marker_another_binding_left_is_not_taken_for_this_write() -> No
     assert got.base_woo == 20  # not landed: the delta stays pending
     got = await recover(Rig().deps, b, intent, "2", "restart")  # an older daemon's bare version marker
     assert got.base_woo == 20
+
+
+async def test_a_push_never_writes_clover_a_figure_from_the_jobs_list_read() -> None:
+    """The job listed Clover at 7; a POS sale made it 6 before the recount's write: both sides end at 19."""
+    from cloverwoo_daemon.messages import Initialise
+
+    rig = Rig()
+    rig.add(woo=20, clover={"downtown": 6})  # never synced; the sale after the list read is already in
+    async with to_the_end() as (n, finish):
+        await rig.start(n)
+        await rig.inbox_send.send(Initialise(BID, 20, {"downtown": 7}, "woo", "job-push", version=1))
+        await wait_until(lambda: rig.woo.stock[REF] == 19 and BID not in rig.intents,
+                         "the POS sale carried to Woo after the recount")
+        finish()
+    assert rig.clovers["downtown"].stock[f"I-{BID}-downtown"] == 19  # 6 + 13, not 7 + 13
+    assert rig.store.bindings[BID].base_woo == 19
