@@ -66,6 +66,7 @@ from cloverwoo_daemon.demo import Ledger, Shoppers, latency_figures, sample_fore
 from cloverwoo_daemon.io.control import DaemonUnreachable, control_call
 from cloverwoo_daemon.messages import ConflictsRequest, LogRequest, StatusRequest
 from cloverwoo_daemon.sim.common import Faults
+from cloverwoo_daemon.sim.accounting import account
 from cloverwoo_daemon.sim.harness import World, start_world
 from cloverwoo_daemon.sim.woocommerce import Latency
 
@@ -190,6 +191,16 @@ class Daemon:
                 if not clean and idle_since is not None and now - idle_since >= give_up:
                     return False
                 await trio.sleep(0.05)
+        return False
+
+    async def witnessed(self, timeout: float = 30.0) -> bool:
+        """Until the witness has judged every window our writes left (and no merge is running); False on timeout."""
+        with trio.move_on_after(timeout):
+            while True:
+                s = await self.status()
+                if (s.get("witness") or {}).get("pending", 0) == 0 and await self.idle():
+                    return True
+                await trio.sleep(0.1)
         return False
 
     async def sync_log(self, since: float) -> list[dict[str, Any]]:
@@ -353,6 +364,7 @@ async def chaos_run(args: argparse.Namespace, workdir: Path, seed: int, companio
             world.woo.faults.webhook_duplicate_rate = rng.uniform(0.05, 0.3)
             world.woo.latency = Latency(get_one=0.005, list_page=0.01, put=0.01, batch_item=0.005, other=0.005)
             ledger = Ledger(world)
+            since = time.time()
             shoppers = Shoppers(world, ledger, random.Random(seed), refund_rate=0.05, check_stock=True, skew=0.5)
             async with trio.open_nursery() as inner:
                 inner.start_soon(sample_forever, ledger)
@@ -362,14 +374,17 @@ async def chaos_run(args: argparse.Namespace, workdir: Path, seed: int, companio
                     for _ in range(rng.randint(1, 12)):
                         shoppers.one(trio.current_time())
                     await trio.sleep(rng.expovariate(1 / 0.1))
-                settled = await daemon.settle(ledger, timeout=30.0,
-                                              accounted=lambda: attribute(world, ledger)["lost_ours"] == 0)
+                in_sync = lambda: all(world.in_sync(p) for p in world.products)  # noqa: E731
+                settled = await daemon.settle(ledger, timeout=30.0, accounted=in_sync)
+                # the witness judges a write's window a few seconds after it closed; a repair it finds is merged
+                settled = settled and await daemon.witnessed(timeout=30.0)
+                settled = settled and await daemon.settle(ledger, timeout=30.0, accounted=in_sync)
                 inner.cancel_scope.cancel()
             drift = ledger.drift()
             # per drifting product, the units the worse side is off by (both sides equal and wrong: counted once)
             lost = sum(max(abs(d["expected"] - (d["clover"] or 0)), abs(d["expected"] - (d["woo"] or 0)))
                        for d in drift)
-            causes = attribute(world, ledger)
+            causes = account(world, ledger.expected, await daemon.sync_log(since))
             return {
                 "seed": seed,
                 "companion": companion,
@@ -388,48 +403,6 @@ async def chaos_run(args: argparse.Namespace, workdir: Path, seed: int, companio
         finally:
             await daemon.stop()
             nursery.cancel_scope.cancel()
-
-
-def attribute(world: World, ledger: Ledger) -> dict[str, Any]:
-    """Each lost unit's cause: a race the simulators recorded, or the daemon's own doing.
-
-    A Clover write that replaced a sale made inside its read-to-write window
-    (``CloverSim.stock_overwrites``) and a WooCommerce ``inventory_delta``
-    that erased a checkout inside its PHP request (``WooSim.lost_updates``)
-    take that change off both sides once the daemon carries the write across:
-    each product must end at the ledger's figure less those changes. Whatever
-    differs beyond that, on either side, is ours.
-    """
-    items = {(world.locations[loc], item): p.sku for p in world.products for loc, item in p.clover.items()}
-    refs = {p.woo.variation_id or p.woo.product_id: p.sku for p in world.products}
-    clover_lost: Counter[str] = Counter()
-    woo_lost: Counter[str] = Counter()
-    for o in world.clover.stock_overwrites:
-        sku = items.get((o.merchant_id, o.item_id))
-        if sku is not None:
-            clover_lost[sku] += round(o.lost)
-    for u in world.woo.lost_updates:
-        sku = refs.get(u.product_id)
-        if sku is not None:
-            woo_lost[sku] += u.lost
-    ours = 0
-    wrong: list[dict[str, Any]] = []
-    for p in world.products:
-        want = ledger.expected(p) - clover_lost[p.sku] - woo_lost[p.sku]
-        clover, woo = world.clover_stock(p), world.woo_stock(p)
-        off = max(abs(want - (clover if clover is not None else want)), abs(want - (woo if woo is not None else want)))
-        if off or clover is None or woo is None:
-            ours += off
-            wrong.append({"sku": p.sku, "clover": clover, "woo": woo, "expected": ledger.expected(p),
-                          "clover_race": clover_lost[p.sku], "woo_race": woo_lost[p.sku]})
-    return {
-        "lost_clover_race": -sum(clover_lost.values()),
-        "clover_overwrites": len(world.clover.stock_overwrites),
-        "lost_woo_race": -sum(woo_lost.values()),
-        "woo_lost_updates": len(world.woo.lost_updates),
-        "lost_ours": ours,
-        "ours_detail": wrong,
-    }
 
 
 def msgspec_fields(struct: Any) -> dict[str, Any]:
@@ -518,24 +491,36 @@ def main() -> int:
                       f"({r['units']} units, {r['refunds']} refunds), {r['webhooks_dropped']} webhooks dropped, "
                       f"lost {r['lost_units']} units, drift {r['drift']}, conflicts {r['conflicts']}, "
                       f"settled {r['settled']}")
-                print(f"    causes: Clover overwrites {r['clover_overwrites']} ({r['lost_clover_race']:+d} units), "
-                      f"WooCommerce lost updates {r['woo_lost_updates']} ({r['lost_woo_race']:+d} units), "
-                      f"ours {r['lost_ours']} units")
+                print(f"    causes: Clover overwrites {r['clover_overwrites']} ({r['lost_clover_race']:+d} units, "
+                      f"{r['clover_overwrites_flagged']} flagged), WooCommerce lost updates {r['woo_lost_updates']} "
+                      f"({r['lost_woo_race']:+d} units, {r['woo_lost_updates_repaired']} repaired, "
+                      f"{r['woo_lost_updates_flagged']} flagged), ours {r['lost_ours']} units; "
+                      f"{r['flags']} writes flagged")
                 for d in r["ours_detail"]:
                     print(f"      ours: {d}")
             totals: Counter[str] = Counter()
             for r in runs:
                 totals.update({k: r[k] for k in ("sales", "units", "lost_units", "drift", "lost_ours",
-                                                 "lost_clover_race", "lost_woo_race")})
+                                                 "lost_clover_race", "lost_woo_race", "clover_overwrites",
+                                                 "clover_overwrites_flagged", "woo_lost_updates",
+                                                 "woo_lost_updates_flagged", "woo_lost_updates_repaired")})
                 totals["woo_race_with_companion"] += r["lost_woo_race"] if r["companion"] else 0
             print(f"  total: runs {len(runs)}, sales {totals['sales']}, units {totals['units']}, "
                   f"lost {totals['lost_units']} ({totals['lost_clover_race']} in Clover overwrites, "
                   f"{totals['lost_woo_race']} in WooCommerce lost updates, "
                   f"{totals['woo_race_with_companion']} of those with the companion; ours {totals['lost_ours']}), "
                   f"bindings in drift {totals['drift']}, settled {all(r['settled'] for r in runs)}")
+            unseen_woo = (totals["woo_lost_updates"] - totals["woo_lost_updates_repaired"]
+                          - totals["woo_lost_updates_flagged"])
+            print(f"  witnessed: Clover overwrites {totals['clover_overwrites_flagged']} of "
+                  f"{totals['clover_overwrites']} flagged; WooCommerce lost updates "
+                  f"{totals['woo_lost_updates_repaired']} repaired + {totals['woo_lost_updates_flagged']} flagged of "
+                  f"{totals['woo_lost_updates']}")
             out["chaos"] = runs
-            # every unit accounted for: none lost by us, none by WooCommerce with the companion, all settled
+            # every unit accounted for: none lost by us, none by WooCommerce with the companion, every race
+            # witnessed (flagged or repaired), all settled
             ok &= totals["lost_ours"] == 0 and totals["woo_race_with_companion"] == 0
+            ok &= totals["clover_overwrites_flagged"] == totals["clover_overwrites"] and unseen_woo == 0
             ok &= all(r["settled"] for r in runs)
         if args.json:
             print(json.dumps(out, sort_keys=True))

@@ -41,6 +41,7 @@ from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
+from cloverwoo_daemon.actors.witness import LossWitness, WitnessDeps
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.config import Config, ConfigError, Secrets, _read_secret, parse_duration
 from cloverwoo_daemon.core.alerts import AlertPolicy
@@ -193,6 +194,10 @@ async def run_daemon(
             reach=reach, companion=companion.current, companion_gone=companion.gone,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
+        # -- the witness: orders feeds against the windows our own writes leave (erased sales found)
+        witness = LossWitness(WitnessDeps(store=store, woo=batching_woo, clovers=clovers, table=table,
+                                          shards=[s for s, _ in shard_chans], on_conflict=conflict_seen))
+        shard_deps.on_write = witness.record
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
         locations = {
             name: LocationActor(name, client, store, table, router_send, clover_poll,
@@ -254,6 +259,7 @@ async def run_daemon(
         jobs.excluded_sku = exclusions.excluded_sku
         admin.exclusions = exclusions
         admin.companion = companion
+        admin.witness = witness
         refresh_metrics = watch(metrics, store=store, table=table, shards=shards,
                                 shard_inboxes=[s for s, _ in shard_chans])
 
@@ -261,6 +267,7 @@ async def run_daemon(
         async with trio.open_nursery() as actors:
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
             await actors.start(supervisor.supervise, "companion", companion.run)  # asks once before going on
+            await actors.start(supervisor.supervise, "witness", witness.run)
             for name, provider in providers.items():
                 await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
             await actors.start(supervisor.supervise, "router",

@@ -30,6 +30,7 @@ from cloverwoo_daemon.core.model import (
     WooWriteResult,
 )
 from cloverwoo_daemon.core.stock_policy import Change, Presentation
+from cloverwoo_daemon.core.witness import CloverOrderSeen, StockNote, WooOrderSeen
 
 
 class RemoteError(Exception):
@@ -88,6 +89,10 @@ class CloverPort(Protocol):
 
     async def order_item_ids(self, order_id: str) -> set[str]:
         """Item ids in the line items of one order (for an ``O:`` webhook)."""
+        ...
+
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        """Orders modified since ``since_ms`` with their units per item (the witness of our writes)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -149,6 +154,14 @@ class WooPort(Protocol):
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         """Refs in the line items of one order."""
+        ...
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        """Orders modified after the ISO GMT cursor: paid when, what each checkout took (the witness)."""
+        ...
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        """What an order's notes say it did to stock (``Name (12→10)``)."""
         ...
 
     async def aclose(self) -> None: ...

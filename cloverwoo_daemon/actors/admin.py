@@ -82,6 +82,7 @@ class Admin:
     health_monitor: Any = None
     exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
     companion: Any = None  # set by app.py: actors.companion.CompanionWatch (whether stock writes are atomic)
+    witness: Any = None  # set by app.py: actors.witness.LossWitness (sales our writes may have erased)
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -375,6 +376,7 @@ class Admin:
                 "catalogue": self.jobs.report,
             },
             "stock_writes": self.companion.summary() if self.companion is not None else None,
+            "witness": self.witness.summary() if self.witness is not None else None,
             "store": msgspec.to_builtins(stats) if stats is not None else None,
             "exclusions": self.exclusions.summary() if self.exclusions is not None else None,
         }

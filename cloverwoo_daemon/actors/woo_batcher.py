@@ -40,6 +40,7 @@ from cloverwoo_daemon.core.model import (
     WooStock,
     WooWriteResult,
 )
+from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen
 from cloverwoo_daemon.ports import RemoteError, StockWrite, WooPort
 
 Kind = Literal["deltas", "changes"]
@@ -177,6 +178,12 @@ class BatchingWoo:
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         return await self.woo.order_refs(order_id)
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        return await self.woo.orders_since(modified_after=modified_after)
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        return await self.woo.stock_notes(order_id)
 
     async def aclose(self) -> None:
         await self.woo.aclose()

@@ -92,6 +92,7 @@ __all__ = [
     "finish",
     "finish_from_intent",
     "intent_for",
+    "owe_erased",
     "plan_merge",
     "recover",
 ]
@@ -378,6 +379,33 @@ def after_clover_step_from_intent(binding: Binding, intent: WriteIntent, locatio
 
 def finish_from_intent(binding: Binding, intent: WriteIntent) -> Binding:
     return msgspec.structs.replace(binding, version=max(binding.version, intent.version))
+
+
+def owe_erased(binding: Binding, units: int, cfg: MergeConfig) -> tuple[Binding, str]:
+    """The bases that make the next merge take ``units`` erased sales off both sides; (binding, location).
+
+    A checkout our own write erased was never seen by either side: both hold
+    ``units`` too many, and agree. Raising ``base_woo`` and one location's
+    base by ``units`` makes the next merge see ``-units`` on each side, so it
+    sends ``-units`` to WooCommerce and routes ``-units`` to Clover like any
+    online sale; ``base_woo == sum(base_clover)`` still holds. The location is
+    the primary when it has a base, else the first active one that has.
+
+    Error handling: ``ValueError`` when the binding was never synced (no
+    bases: a recount decides its figures anyway) or ``units`` is not positive.
+    """
+    if units <= 0:
+        raise ValueError(f"{binding.binding_id}: {units} erased units is not a repair")
+    if binding.base_woo is None:
+        raise ValueError(f"{binding.binding_id} was never synced: nothing to repair against")
+    order = [cfg.primary, *(loc for loc in cfg.active if loc != cfg.primary)]
+    loc = next((x for x in order if x in binding.clover_items and binding.base_clover.get(x) is not None), None)
+    if loc is None:
+        raise ValueError(f"{binding.binding_id} has no synced location to repair against")
+    base = binding.base_clover[loc]
+    assert base is not None
+    return msgspec.structs.replace(binding, base_woo=binding.base_woo + units,
+                                   base_clover={**binding.base_clover, loc: base + units}), loc
 
 
 def recover(

@@ -54,6 +54,7 @@ import trio
 
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import CloverItem
+from cloverwoo_daemon.core.witness import CloverOrderSeen
 from cloverwoo_daemon.core.ratelimit import TokenBucket
 from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
@@ -189,16 +190,23 @@ class _StockWrite(msgspec.Struct):
 
 class _LineItem(msgspec.Struct):
     item: _Ref | None = None  # absent for a custom (manual) line
+    unitQty: int | None = None  # PER_UNIT items only: units x 1000
 
 
 class _LineItems(msgspec.Struct):
     elements: list[_LineItem] = msgspec.field(default_factory=list)
 
 
+class _Elements(msgspec.Struct):
+    elements: list[Any] = msgspec.field(default_factory=list)
+
+
 class _Order(msgspec.Struct):
     id: str
     modifiedTime: int | None = None
     lineItems: _LineItems | None = None
+    paymentState: str | None = None
+    refunds: _Elements | None = None
 
 
 class _Orders(msgspec.Struct):
@@ -515,6 +523,29 @@ class CloverClient:
         out: dict[str, tuple[int, set[str]]] = {}
         for order in await self._pages("/orders", "GET orders", params, _Orders):
             out[order.id] = (order.modifiedTime or 0, await self._ids_of(order))
+        return out
+
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        """Orders modified since ``since_ms`` with their units per item (the witness of our writes' windows).
+
+        A FIXED-price item sold N times is N lines; a PER_UNIT line counts its
+        ``unitQty`` (x 1000). An order with a refund is marked ``refunded``.
+        """
+        params: list[tuple[str, str | int]] = [("filter", f"modifiedTime>={since_ms}"),
+                                               ("expand", "lineItems,refunds")]
+        out: list[CloverOrderSeen] = []
+        for order in await self._pages("/orders", "GET orders", params, _Orders):
+            lines = order.lineItems.elements if order.lineItems else []
+            if len(lines) >= NESTED_LIMIT:
+                lines = await self._pages(f"/orders/{order.id}/line_items", "GET orders/{id}/line_items", [],
+                                          _LineItems)
+            units: dict[str, float] = {}
+            for li in lines:
+                if li.item is not None:
+                    units[li.item.id] = units.get(li.item.id, 0.0) + (li.unitQty / 1000 if li.unitQty else 1.0)
+            refunded = bool(order.refunds and order.refunds.elements) or (order.paymentState or "").endswith(
+                "REFUNDED")
+            out.append(CloverOrderSeen(order.id, order.modifiedTime or 0, units, refunded))
         return out
 
     async def order_item_ids(self, order_id: str) -> set[str]:

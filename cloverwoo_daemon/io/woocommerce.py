@@ -55,6 +55,7 @@ from cloverwoo_daemon.core.model import (
     WooWriteResult,
 )
 from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
+from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen, parse_stock_note
 from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError, StockWrite
 
@@ -72,6 +73,7 @@ PER_PAGE = 100
 _CATALOGUE_FIELDS = ("id", "parent_id", "name", "sku", "type", "status", "manage_stock", "stock_quantity",
                      "attributes")
 _CHANGE_FIELDS = ("id", "parent_id", "type", "status", "stock_quantity", "date_modified_gmt")
+_ORDER_FIELDS = ("id", "status", "date_paid_gmt", "date_modified_gmt", "line_items", "refunds")
 
 Auth = Literal["auto", "basic", "oauth1"]
 
@@ -143,6 +145,19 @@ def _stock_update(change: StockWrite) -> dict[str, Any]:
     if delta:
         update["inventory_delta"] = delta
     return update
+
+
+def _unix(text: Any) -> int | None:
+    """A WooCommerce GMT date (``YYYY-MM-DDTHH:MM:SS``) as unix seconds; None when absent or malformed."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
 
 
 def _shift_cursor(cursor: str, seconds: int) -> str:
@@ -628,6 +643,47 @@ class WooClient:
             )
             newest = max(newest, modified)
         return items, newest
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        """Orders modified after the ISO GMT cursor (overlapped by a second), as far as stock goes.
+
+        For the witness of our ``inventory_delta`` writes: when each was paid,
+        what its checkout took from each product (the ``_reduced_stock`` line
+        meta WooCommerce writes as it reduces stock), and whether it has
+        refunds.
+        """
+        params = {"modified_after": _shift_cursor(modified_after, -1), "dates_are_gmt": "true",
+                  "orderby": "modified", "order": "asc"}
+        out: list[WooOrderSeen] = []
+        for o in await self._get_all("/orders", params, _ORDER_FIELDS):
+            reduced: dict[int, int] = {}
+            names: dict[int, str] = {}
+            for li in o.get("line_items") or []:
+                if not isinstance(li, dict):
+                    continue
+                pid = int(li.get("variation_id") or li.get("product_id") or 0)
+                if not pid:
+                    continue
+                names[pid] = str(li.get("name") or "")
+                for m in li.get("meta_data") or []:
+                    if isinstance(m, dict) and m.get("key") == "_reduced_stock":
+                        qty = _quantity(m.get("value"))
+                        if qty:
+                            reduced[pid] = reduced.get(pid, 0) + qty
+            modified = _unix(o.get("date_modified_gmt"))
+            out.append(WooOrderSeen(order_id=int(o["id"]), paid=_unix(o.get("date_paid_gmt")),
+                                    modified=modified if modified is not None else 0, reduced=reduced,
+                                    refunded=bool(o.get("refunds")), names=names))
+        return out
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        """What an order's notes say it did to stock: ``Stock levels reduced: Name (12→10)``, per item."""
+        notes = await self._json("GET", f"/orders/{order_id}/notes")
+        out: list[StockNote] = []
+        for n in notes if isinstance(notes, list) else []:
+            if isinstance(n, dict) and isinstance(n.get("note"), str):
+                out.extend(parse_stock_note(n["note"]))
+        return out
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         data = await self._json("GET", f"/orders/{order_id}")

@@ -188,6 +188,7 @@ class LostUpdate(msgspec.Struct, frozen=True):
     lost: int
     window: float  # seconds from the load to the save (the simulated clock)
     source: str  # rest | batch
+    at: float = 0.0  # when it saved (the simulated clock: unix seconds unless a test injects one)
 
 
 class Delivery(msgspec.Struct, frozen=True):
@@ -269,6 +270,8 @@ class _Order:
     line_items: list[_LineItem]
     refunds: list[dict[str, Any]] = field(default_factory=list)
     stock_reduced: bool = False
+    paid: int | None = None  # date_paid_gmt
+    notes: list[dict[str, Any]] = field(default_factory=list)  # order notes (WooCommerce's own, e.g. stock)
 
 
 @dataclass
@@ -727,7 +730,7 @@ class WooSim:
         if relative and touched and replaced != before and p.manage_stock and None not in (replaced, before):
             assert replaced is not None and before is not None
             self.lost_updates.append(LostUpdate(p.id, before, replaced, p.stock_quantity, replaced - before,
-                                                self.clock() - started, source))
+                                                self.clock() - started, source, self.clock()))
         self._saved(p, source=source, stock_before=before, stock_touched=touched)
 
     def _stock_holder(self, p: _Product) -> _Product:
@@ -792,14 +795,21 @@ class WooSim:
     def _set_status(self, order: _Order, status: str) -> None:
         order.status = status
         order.modified = self._now()
+        if status in ("processing", "completed") and order.paid is None:
+            order.paid = order.modified  # payment_complete sets the paid date
         if status in ("processing", "completed", "on-hold") and not order.stock_reduced:
             order.stock_reduced = True
+            changes = []
             for li in order.line_items:
                 p = self._products.get(li.variation_id or li.product_id)
                 if p is None or li.reduced() is not None or not self._stock_holder(p).manage_stock:
                     continue
+                before = self._stock_holder(p).stock_quantity
                 self._change_stock_atomic(p, -li.quantity, "order")
                 li.set_reduced(li.quantity, self._meta_id)
+                changes.append(f"{li.name} ({before or 0}&rarr;{self._stock_holder(p).stock_quantity})")
+            if changes:  # wc_reduce_stock_levels' note, figures from its own SQL
+                self._note(order, "Stock levels reduced: " + ", ".join(changes))
         elif status in ("cancelled", "pending") and order.stock_reduced:
             order.stock_reduced = False
             for li in order.line_items:
@@ -809,6 +819,11 @@ class WooSim:
                     continue
                 self._change_stock_atomic(p, qty, "order")
                 li.set_reduced(None, self._meta_id)
+
+    def _note(self, order: _Order, text: str) -> None:
+        self._next_meta += 1
+        order.notes.append({"id": self._next_meta, "author": "WooCommerce", "date_created_gmt": _fmt(self._now()),
+                            "note": text, "customer_note": False})
 
     def _update_order(self, order: _Order, body: dict[str, Any]) -> None:
         if "status" in body:
@@ -905,6 +920,8 @@ class WooSim:
             "id": o.id, "parent_id": 0, "status": o.status, "currency": "USD", "version": "11.0.1",
             "date_created": _fmt(o.created), "date_created_gmt": _fmt(o.created),
             "date_modified": _fmt(o.modified), "date_modified_gmt": _fmt(o.modified),
+            "date_paid": _fmt(o.paid) if o.paid is not None else None,
+            "date_paid_gmt": _fmt(o.paid) if o.paid is not None else None,
             "total": f"{total:.2f}", "customer_id": 0, "set_paid": False,
             "line_items": [
                 {"id": li.id, "name": li.name, "product_id": li.product_id, "variation_id": li.variation_id,
@@ -1493,6 +1510,25 @@ class WooSim:
         async def create_order() -> Response:
             await sim._sleep(sim.latency.other)
             return _json(sim._order_json(sim._create_order(await sim._body())), 201)
+
+        @app.route(f"{API}/orders", methods=["GET"])
+        async def list_orders() -> Response:
+            await sim._sleep(sim.latency.list_page)
+            rows = list(sim._orders.values())
+            after = request.args.get("modified_after")
+            if after:  # strictly after, at 1-second resolution (section 9)
+                cut = _parse_date("modified_after", after)
+                rows = [o for o in rows if o.modified > cut]
+            if request.args.get("orderby") == "modified":
+                rows.sort(key=lambda o: (o.modified, o.id), reverse=request.args.get("order", "desc") == "desc")
+            else:
+                rows.sort(key=lambda o: o.id, reverse=request.args.get("order", "desc") == "desc")
+            return sim._paginate(rows, "/orders", sim._order_json)
+
+        @app.route(f"{API}/orders/<int:oid>/notes", methods=["GET"])
+        async def order_notes(oid: int) -> Response:
+            await sim._sleep(sim.latency.get_one)
+            return _json([dict(n) for n in reversed(sim._order(oid).notes)])  # newest first, as WooCommerce lists
 
         @app.route(f"{API}/orders/<int:oid>", methods=["GET"])
         async def get_order(oid: int) -> Response:

@@ -12,6 +12,7 @@ from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
 from cloverwoo_daemon.core.model import Binding, CompanionInfo, Conflict
+from cloverwoo_daemon.core.witness import WriteWindow
 from cloverwoo_daemon.messages import EventsSettled
 from cloverwoo_daemon.ports import CloverPort, StorePort, WooPort
 
@@ -47,6 +48,9 @@ class ShardDeps:
     # the hook a write calls when it finds the companion's route gone
     companion: Callable[[], CompanionInfo | None] = lambda: None
     companion_gone: Callable[[str], None] = lambda reason: None
+    # -- every stock write that can erase someone else's sale (a Clover read-then-write, an inventory_delta):
+    # the witness (actors/witness.py) looks for an order inside its window
+    on_write: Callable[[WriteWindow], None] = lambda window: None
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
     job_attempts: int = 8  # failed attempts after which a recount is reported failed to its job (it keeps retrying)

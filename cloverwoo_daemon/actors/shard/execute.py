@@ -46,10 +46,12 @@ from cloverwoo_daemon.actors.shard.log_rows import identity, row, who
 from cloverwoo_daemon.actors.shard.pending import Pending
 from cloverwoo_daemon.actors.shard.reads import CloverReadResult, CloverReads
 from cloverwoo_daemon.actors.shard.recovery import decode_intent, recover
+from cloverwoo_daemon.actors.shard.repairs import Repairs
 from cloverwoo_daemon.actors.shard.scheduler import MergeFailed, MergeOutcome, short
 from cloverwoo_daemon.core import conflicts as core_conflicts
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.model import Binding, Conflict, StockChange
+from cloverwoo_daemon.core.witness import WriteWindow
 from cloverwoo_daemon.messages import Initialise
 from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError, StockWrite
 
@@ -62,11 +64,13 @@ _TRUTHS = ("clover", "woo")
 
 
 class MergeExecutor:
-    def __init__(self, deps: ShardDeps, *, reads: CloverReads, catalogue: Catalogue, meta: LocationMeta) -> None:
+    def __init__(self, deps: ShardDeps, *, reads: CloverReads, catalogue: Catalogue, meta: LocationMeta,
+                 repairs: Repairs | None = None) -> None:
         self.deps = deps
         self.reads = reads
         self.catalogue = catalogue
         self.meta = meta
+        self.repairs = repairs if repairs is not None else Repairs(deps)
         self.echoes_skipped = 0
 
     async def merge(self, bid: str, pending: Pending) -> MergeOutcome:
@@ -124,6 +128,8 @@ class MergeExecutor:
             if interrupted.woo_via == "companion" and interrupted.woo_delta and not interrupted.woo_done:
                 # settled by sending its write id again, which may have applied it just now: read Woo afresh
                 woo_stock = await d.woo.get_stock(binding.woo)
+
+        binding = await self.repairs.apply(binding, trigger)  # erased checkouts, at rest before the plan
 
         if not woo_stock.manage_stock:
             if binding.tracked:
@@ -283,12 +289,18 @@ class MergeExecutor:
                 change: StockWrite = (binding.woo, plan.woo_delta, intent.marker)
                 if attached is not None:
                     change = (binding.woo, plan.woo_delta, intent.marker, attached)
+                started = time.time()
                 (res,) = await d.woo.apply_deltas([change])
                 if not res.ok:
                     refused = RemoteError(f"woocommerce write refused: {res.error}")
                     await self.log_failure(bid, pending, refused)
                     raise MergeFailed(str(refused))
                 quantity = res.quantity
+                # not atomic: a checkout inside this request is erased; the witness looks for one
+                d.on_write(WriteWindow(binding_id=bid, sku=binding.sku, side="woo",
+                                       item=str(binding.woo.variation_id or binding.woo.product_id),
+                                       started=started, ended=time.time(), delta=plan.woo_delta,
+                                       returned=quantity))
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
             if clover_locs:
@@ -323,6 +335,7 @@ class MergeExecutor:
                     intent_now, clover_targets={**intent_now.clover_targets, loc: target})
                 await self._commit_step(step_binding, intent_now)
 
+            started = time.time()
             try:
                 done = await client.read_then_write(item_id, delta, record_target)
             except Exception:
@@ -331,6 +344,10 @@ class MergeExecutor:
                 raise
             intent = intent_now
             fresh = done[0] if done is not None else None
+            if done is not None:  # a POS sale inside this window would be erased: the witness looks for one
+                d.on_write(WriteWindow(binding_id=bid, sku=binding.sku, side="clover", item=item_id,
+                                       started=started, ended=time.time(), delta=delta, location=loc,
+                                       read=done[0]))
             if fresh is None and not target_sent:
                 intent = _not_started(intent, loc)  # no stock record: it returned without writing
             if fresh is None:
