@@ -65,10 +65,11 @@ class CloverPort(Protocol):
 
     async def read_then_write(
         self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
-    ) -> tuple[int, int] | None:
+    ) -> tuple[int, int, int | None] | None:
         """Fresh read, ``before_write(target)``, absolute write of read + delta, admitted as one unit.
 
-        Returns (read, written); None when the item has no stock record.
+        Returns (read, written, the stock's modifiedTime as read, unix ms, when Clover gave it); None when
+        the item has no stock record.
         """
         ...
 

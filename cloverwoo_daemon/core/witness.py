@@ -32,7 +32,11 @@ Rules this module keeps:
   Anything short of that is flagged, with the orders and units found.
 - A Clover loss is never called certain: an order's times (created, paid,
   modified) do not say when Clover moved the stock, so a witnessed Clover
-  write is flagged with the orders, and the merchant recounts.
+  write is flagged with the orders, and the merchant recounts. One thing is
+  known from Clover's own clock: the item's stock ``modifiedTime`` as our
+  read saw it. An order last modified strictly before that moved the stock
+  before our read (an order's stock change is made no later than its last
+  modification), so its sale is in the figure we read: not reported.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class WriteWindow(msgspec.Struct, frozen=True):
     delta: int
     location: str = ""  # the Clover location
     read: int | None = None  # Clover: the figure read; Woo: unknown (PHP read it)
+    stock_modified_ms: int | None = None  # Clover: when the stock read had last changed (Clover's clock)
     returned: int | None = None  # Woo: the stock the write returned (what PHP loaded + delta)
 
 
@@ -133,6 +138,8 @@ def witness_clover(window: WriteWindow, orders: Iterable[CloverOrderSeen], *, sk
         n = o.units.get(window.item)
         if not n:
             continue
+        if window.stock_modified_ms is not None and o.modified_ms < window.stock_modified_ms:
+            continue  # changed before the stock we read last changed: its sale is in our read
         t = o.modified_ms / 1000.0
         if not _overlaps(t, t, window, skew):
             continue

@@ -186,6 +186,7 @@ class _Items(msgspec.Struct):
 class _StockWrite(msgspec.Struct):
     quantity: float | None = None
     stockCount: float | None = None
+    modifiedTime: int | None = None  # when the stock last changed (Clover's clock, unix ms)
 
 
 class _LineItem(msgspec.Struct):
@@ -415,8 +416,9 @@ class CloverClient:
 
     async def read_then_write(
         self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
-    ) -> tuple[int, int] | None:
-        """Read an item's stock fresh and write ``read + delta``, back to back; returns (read, written).
+    ) -> tuple[int, int, int | None] | None:
+        """Read an item's stock fresh and write ``read + delta``, back to back; returns (read, written, the
+        stock's ``modifiedTime`` as read: the witness's lower bound, see ``core.witness``).
 
         The change is applied to the quantity as Clover holds it, fraction
         kept (2.4 read, -1: 1.4 written); the figures returned and given to
@@ -448,7 +450,8 @@ class CloverClient:
                 read = await self._raw("GET", f"/item_stocks/{item_id}", "GET item_stocks/{id}", headers)
                 if read is None:
                     return None
-                raw_q = self._decode(read, _StockWrite, "GET item_stocks/{id}").quantity
+                stock = self._decode(read, _StockWrite, "GET item_stocks/{id}")
+                raw_q = stock.quantity
                 fresh = whole_units(raw_q)
                 if fresh is None or raw_q is None:
                     return None
@@ -468,7 +471,7 @@ class CloverClient:
                     raise
                 if raw is None:
                     raise RemoteError(f"clover {self.location}: POST item_stocks/{{id}}: 404")
-                return fresh, target
+                return fresh, target, stock.modifiedTime
 
     async def _raw(
         self, method: str, path: str, what: str, headers: dict[str, str] | None, json: Any = None

@@ -27,6 +27,7 @@ from cloverwoo_daemon.core.model import (
     WooStock,
     WooWriteResult,
 )
+from cloverwoo_daemon.core.witness import CloverOrderSeen, StockNote, WooOrderSeen
 from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError
 
 Hook = Callable[..., Awaitable[None]]
@@ -126,6 +127,9 @@ class FakeWoo:
         self.changes: list[StockChange] = []  # every change sent to the companion, resends included
         self.lose_answers = 0
         self.refuse: dict[WooRef, str] = {}  # per-item refusal codes
+        self.orders_seen: list[WooOrderSeen] = []  # the orders feed (the witness)
+        self.notes: dict[int, list[StockNote]] = {}
+        self.feed_error: Exception | None = None
         self.meta: dict[WooRef, dict[str, str | None]] = {}
         self.writes: list[tuple[WooRef, int]] = []
         self.hold: Hook | None = None  # awaited inside apply_deltas, before the write lands
@@ -162,6 +166,16 @@ class FakeWoo:
     async def companion(self) -> CompanionInfo | None:
         await trio.lowlevel.checkpoint()
         return self.companion_info
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        await trio.lowlevel.checkpoint()
+        if self.feed_error is not None:
+            raise self.feed_error
+        return list(self.orders_seen)
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        await trio.lowlevel.checkpoint()
+        return list(self.notes.get(order_id, []))
 
     async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
         await trio.lowlevel.checkpoint()
@@ -202,6 +216,7 @@ class FakeClover:
         self.read_error: Exception | None = None  # raised by the read of read_then_write
         self.no_record_at_write = False  # read_then_write finds no stock record (it vanished since the read)
         self.orders: dict[str, set[str]] = {}
+        self.order_lines_seen: list[CloverOrderSeen] = []  # the orders feed with units (the witness)
         self.order_error: Exception | None = None
         self.order_calls = 0
         self.feed_calls = 0
@@ -224,7 +239,7 @@ class FakeClover:
         return quantity
 
     async def read_then_write(self, item_id: str, delta: int,
-                              before_write: Callable[[int], Awaitable[None]]) -> tuple[int, int] | None:
+                              before_write: Callable[[int], Awaitable[None]]) -> tuple[int, int, int | None] | None:
         await trio.lowlevel.checkpoint()
         if self.read_error is not None:
             raise self.read_error
@@ -237,7 +252,7 @@ class FakeClover:
         await before_write(target)
         self.stock[item_id] = target
         self.writes.append((item_id, target))
-        return fresh, target
+        return fresh, target, None
 
     async def list_items(self, *, modified_since_ms: int | None = None) -> list[Any]:
         await trio.lowlevel.checkpoint()
@@ -248,6 +263,13 @@ class FakeClover:
         await trio.lowlevel.checkpoint()
         self.feed_calls += 1
         return {}
+
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        await trio.lowlevel.checkpoint()
+        self.feed_calls += 1
+        if self.order_error is not None:
+            raise self.order_error
+        return list(self.order_lines_seen)
 
     async def order_item_ids(self, order_id: str) -> set[str]:
         await trio.lowlevel.checkpoint()

@@ -347,7 +347,7 @@ class MergeExecutor:
             if done is not None:  # a POS sale inside this window would be erased: the witness looks for one
                 d.on_write(WriteWindow(binding_id=bid, sku=binding.sku, side="clover", item=item_id,
                                        started=started, ended=time.time(), delta=delta, location=loc,
-                                       read=done[0]))
+                                       read=done[0], stock_modified_ms=done[2]))
             if fresh is None and not target_sent:
                 intent = _not_started(intent, loc)  # no stock record: it returned without writing
             if fresh is None:
