@@ -138,6 +138,7 @@ class StoreIntake:
 
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self.store.run)
+        nursery.start_soon(self.intake.run)  # sends what found the queue full, as in the daemon
         nursery.start_soon(self._drain)
 
     async def _drain(self) -> None:

@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[str, list[str], list[str], float]] = {
     "webhooks": ("bench_webhooks.py", ["--seconds", "5"], ["--seconds", "2"], 180.0),
     "store": ("bench_store.py", ["--events", "5000"], ["--events", "1000"], 120.0),
+    # admin reads on a 200,000-row sync log, and the webhook acks meanwhile, before and now (~30 s)
+    "admin_reads": ("bench_admin_reads.py", [], ["--rows", "50000", "--acks", "100"], 180.0),
     "sync": ("bench_sync.py", ["--seconds", "15", "--chaos-runs", "3", "--chaos-seconds", "5"],
              ["--seconds", "5", "--rate", "50", "--products", "100", "--chaos-runs", "1", "--chaos-seconds", "3"],
              300.0),

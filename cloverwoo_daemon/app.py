@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 import structlog
 import trio
 
@@ -43,7 +44,7 @@ from cloverwoo_daemon.actors.supervisor import Supervisor
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.witness import LossWitness, WitnessDeps
 from cloverwoo_daemon.actors.woo_poller import WooPoller
-from cloverwoo_daemon.config import Config, ConfigError, Secrets, _read_secret, parse_duration
+from cloverwoo_daemon.config import Config, Secrets, parse_duration
 from cloverwoo_daemon.core.alerts import AlertPolicy
 from cloverwoo_daemon.core.merge import MergeConfig
 from cloverwoo_daemon.core.model import Binding, Conflict
@@ -170,7 +171,7 @@ async def run_daemon(
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
         companion = CompanionWatch(woo)  # writes go through the WordPress companion while it answers
-        alerts = build_alerts(cfg, store, table, on_sent=metrics.alert_sent)
+        alerts = build_alerts(cfg, secrets, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
         stock_policy = StockPolicyActor(StockPolicyDeps(
@@ -208,8 +209,8 @@ async def run_daemon(
         for name, client in clovers.items():  # reachability from every request attempt
             if isinstance(client, CloverClient):
                 client.on_attempt = locations[name].observe
-        woo_poller = WooPoller(woo, store, router_send,
-                               parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every"), table)
+        woo_poll_every = parse_duration(cfg.woocommerce.poll_every, key="woocommerce.poll_every")
+        woo_poller = WooPoller(woo, store, router_send, woo_poll_every, table)
         reconcile_every = parse_duration(cfg.sync.reconcile_every, key="sync.reconcile_every")
 
         def has_pending(bid: str) -> bool:
@@ -231,6 +232,8 @@ async def run_daemon(
             log.info("mode_in_effect", mode=new.mode, locations=list(new.locations))
 
         jobs.on_mode = set_mode
+        # events stored by the webhook server reach the router through the intake (its overflow when full)
+        intake = Intake(store, router_send, capacity=cfg.server.queue_size)
         admin = Admin(
             store=store, table=table, supervisor=supervisor, router=router, router_inbox=router_send,
             shards=shards, shard_inboxes=[s for s, _ in shard_chans], locations=locations,
@@ -238,6 +241,7 @@ async def run_daemon(
             store_stats=store.statistics, jobs=jobs,
         )
         admin.alerts = alerts  # type: ignore[attr-defined]
+        admin.intake = intake
         # -- webhook and reachability health
         health_monitor = HealthActor(HealthDeps(
             woo=woo_admin, alert=alerts.notice_health,
@@ -265,6 +269,7 @@ async def run_daemon(
 
         # -- actors, supervised
         async with trio.open_nursery() as actors:
+            await actors.start(supervisor.supervise, "intake", intake.run)
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
             await actors.start(supervisor.supervise, "companion", companion.run)  # asks once before going on
             await actors.start(supervisor.supervise, "witness", witness.run)
@@ -281,7 +286,8 @@ async def run_daemon(
                 recv_l = lookup_chans[name][1]
                 await actors.start(supervisor.supervise, f"location-{name}",
                                    lambda task_status, a=actor, r=recv_l: a.run(r, task_status=task_status))
-            await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
+            if woo_poll_every:  # "off": no poller runs, so none is expected to (health, status)
+                await actors.start(supervisor.supervise, "woo-poller", woo_poller.run)
             await actors.start(supervisor.supervise, "jobs", jobs.run)
             await actors.start(supervisor.supervise, "alerts", alerts.run)
             await actors.start(supervisor.supervise, "stock-policy", stock_policy.run)
@@ -294,20 +300,34 @@ async def run_daemon(
 
             await exclusions.reconcile()  # finish an exclude/include a crash interrupted
 
-            # -- replay what was accepted but not settled before the last stop
+            # -- replay what was accepted but not settled before the last stop; a row that no longer decodes
+            # (another version wrote it, or it is damaged) is set aside, never a reason to fail every start
             pending = await store.pending_events()
             now = trio.current_time()
+            unreadable: list[tuple[int, str]] = []
             for event_id, raw, received_at in pending:
-                await router_send.send(RouteEvent(InboxEvent(event_id, decode_event(raw), received_at), now))
+                try:
+                    event = decode_event(raw)
+                except msgspec.DecodeError as exc:  # ValidationError included
+                    unreadable.append((event_id, f"{type(exc).__name__}: {exc}"[:300]))
+                    continue
+                await router_send.send(RouteEvent(InboxEvent(event_id, event, received_at), now))
+            if unreadable:
+                await store.quarantine_events(unreadable)
+                for event_id, error in unreadable:
+                    log.error("inbox_event_quarantined", event_id=event_id, error=error,
+                              hint="kept in the state file's inbox_quarantine table; `cloverwoo reconcile` "
+                                   "catches up whatever it named")
             if pending:
-                log.info("inbox_replayed", events=len(pending))
+                log.info("inbox_replayed", events=len(pending) - len(unreadable), set_aside=len(unreadable))
 
             # -- the outside: webhook server, control socket
-            intake = Intake(store, router_send, capacity=cfg.server.queue_size)
-
             def healthy() -> tuple[bool, dict[str, Any]]:
-                ok = supervisor.all_running()
-                return ok, {"actors_running": ok, "bindings": len(table)}
+                down = sorted(name for name, a in supervisor.actors.items() if not a.running)
+                detail: dict[str, Any] = {"actors_running": not down, "bindings": len(table)}
+                if down:
+                    detail["actors_down"] = down
+                return not down, detail
 
             app = webhooks.create_app(webhooks.WebhookDeps(
                 clover_auth_code=secrets.clover_auth_code,
@@ -428,18 +448,14 @@ def watch(
 
 
 def build_alerts(
-    cfg: Config, store: Store, table: BindingTable, *, on_sent: Callable[[str], None] = lambda kind: None
+    cfg: Config, secrets: Secrets, store: Store, table: BindingTable, *,
+    on_sent: Callable[[str], None] = lambda kind: None,
 ) -> AlertActor:
-    """The alert actor; with no ``alerts.email_to`` it only logs. Refuses a bad SMTP URL as a config error."""
+    """The alert actor; with no ``alerts.email_to`` it only logs (the config checked the SMTP URL at load)."""
     a = cfg.alerts
     mailer = None
     if a.email_to:
-        # Read like every other secret (env CLOVERWOO_ALERTS_SMTP_PASSWORD, $CREDENTIALS_DIRECTORY).
-        password = _read_secret("alerts.smtp_password", a.smtp_password_file, required=False)
-        try:
-            mailer = SmtpMailer(a.smtp_url, sender=a.email_from, password=password)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        mailer = SmtpMailer(a.smtp_url, sender=a.email_from, password=secrets.smtp_password)
     policy = AlertPolicy(low_stock_threshold=a.low_stock_threshold, thresholds=dict(a.thresholds))
     return AlertActor(AlertDeps(store=store, policy=policy, mailer=mailer, recipients=tuple(a.email_to),
                                 lookup=table.get, on_sent=on_sent))

@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--products", type=int, default=20)
     sim.add_argument("--locations", type=int, default=1)
     sim.add_argument("--realistic", action="store_true", help="WooCommerce latency as measured on a real store")
+    sim.add_argument("--clover-webhooks", choices=["legacy", "split"], default="legacy",
+                     help="Clover's inventory webhooks: I: for every stock change (legacy), or IS:/IA: (split)")
 
     sub.add_parser("status", help="actors, queues, webhook health, last events")
     lg = sub.add_parser("log", help="the sync log")
@@ -145,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             from cloverwoo_daemon.sim.harness import serve_simulators
 
             return serve_simulators(args.listen, products=args.products, locations=args.locations,
-                                    realistic=args.realistic)
+                                    realistic=args.realistic, clover_webhooks=args.clover_webhooks)
         case "status":
             return _admin(args, StatusRequest(), _print_status)
         case "log":
@@ -185,23 +187,46 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The daemon. Every config error exits 2 with one line, before anything starts where it can be seen then,
+    and wherever it is found later; a daemon that cannot start (its state file, its socket taken) or that
+    escalated a crash loop exits 1 with one line. Anything else is a bug: its traceback is kept."""
     from cloverwoo_daemon.actors.supervisor import CrashBudgetExceeded
     from cloverwoo_daemon.app import run_daemon
+    from cloverwoo_daemon.io.control import AlreadyServed, SocketPathUnusable, check_socket_path
     from cloverwoo_daemon.io.logs import configure_logging
+    from cloverwoo_daemon.io.store import StoreError
 
     cfg = load_config(args.config)
     check_service_directories(cfg, os.environ, source=args.config)
     secrets = load_secrets(cfg)
+    try:
+        check_socket_path(cfg.control.socket)
+    except SocketPathUnusable as exc:
+        raise ConfigError(str(exc)) from None
     configure_logging(secrets=secrets.values())
+    config_errors: list[BaseException] = []
     failed: list[BaseException] = []
     try:
         trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # preflight at start
-    except* CrashBudgetExceeded as group:
-        failed.extend(group.exceptions)
+    except* (ConfigError, SocketPathUnusable) as group:
+        config_errors.extend(_leaves(group))
+    except* (CrashBudgetExceeded, StoreError, AlreadyServed) as group:
+        failed.extend(_leaves(group))
+    if config_errors:
+        print(f"cloverwoo: config error: {config_errors[0]}", file=sys.stderr)
+        return EXIT_USAGE
     if failed:
         print(f"cloverwoo: {failed[0]}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside (possibly nested) groups, for a one-line message."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -548,13 +573,16 @@ def _call(args: argparse.Namespace, req: ControlRequest) -> ControlResponse:
 
 
 def _admin(args: argparse.Namespace, req: ControlRequest, show: Any) -> int:
-    from cloverwoo_daemon.io.control import DaemonUnreachable
+    from cloverwoo_daemon.io.control import ControlError, DaemonUnreachable
 
     try:
         resp = _call(args, req)
     except DaemonUnreachable as exc:
         print(f"cloverwoo: daemon unreachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ControlError as exc:  # a request over the upload limit, an answer that is not a valid frame
+        print(f"cloverwoo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not resp.ok:
         print(f"cloverwoo: {resp.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -585,6 +613,10 @@ def _print_status(data: dict[str, Any]) -> None:
     console.print(f"queues: router {q['router']}, shards {sum(q['shards'])}; merges {s['merges']} "
                   f"(failed {s['failed_merges']}, in flight {s['in_flight']}, waiting {s['dirty']}, "
                   f"retrying {s['retrying']})")
+    store = data.get("store") or {}
+    if store.get("quarantined"):
+        console.print(f"[yellow]inbox: {store['quarantined']} event(s) set aside: they no longer decode[/yellow] "
+                      "(table inbox_quarantine of the state file; a reconcile covers what they named)")
     if "mode" in data:
         console.print(f"mode: {data['mode']}; bindings merged without a location that is down: "
                       f"{data.get('stale_bindings', 0)}")
@@ -614,6 +646,8 @@ def _print_status(data: dict[str, Any]) -> None:
     every = f"{rec['every_s']:g} s" if rec["every_s"] else "off"
     last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["last"])) if rec["last"] else "never"
     console.print(f"reconcile every: {every}, last: {last}")
+    if data.get("jobs"):
+        console.print(_jobs_text(data["jobs"]), markup=False, highlight=False)
     ex = data.get("exclusions")
     if ex:
         listed = ", ".join(ex["skus"]) + (" ..." if ex["count"] > len(ex["skus"]) else "")

@@ -11,10 +11,15 @@ Rules:
   ``*_file`` path is looked up there first) and an environment variable form.
   ``load_secrets`` reads them once at start and refuses a missing or empty one.
 - Durations are strings (``"2s"``, ``"15m"``, ``"1h"``, ``"off"``) parsed here.
+- Every value is judged here, at load, not where it is first used: a rate,
+  a limit, the SMTP URL, a location list. ``check-config`` then catches what
+  ``run`` would trip on, and ``run`` refuses a bad config (exit 2, one line)
+  before anything starts, never with a traceback from deep inside.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from cloverwoo_daemon.core.smtp_url import parse_smtp_url
 
 
 class ConfigError(Exception):
@@ -153,6 +160,7 @@ class Secrets(msgspec.Struct, frozen=True):
     clover_auth_code: str  # "": not configured yet (Clover deliveries refused, verification handshake answered)
     clover_tokens: dict[str, str]  # location name -> token (static-token locations only)
     clover_client_secrets: dict[str, str] = msgspec.field(default_factory=dict)  # OAuth locations: name -> secret
+    smtp_password: str = ""  # alerts.smtp_password_file (read only when alerts are emailed)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -164,6 +172,7 @@ class Secrets(msgspec.Struct, frozen=True):
         vals = [self.woo_consumer_key, self.woo_consumer_secret, self.woo_webhook_secret, self.clover_auth_code]
         vals += list(self.clover_tokens.values())
         vals += list(self.clover_client_secrets.values())
+        vals.append(self.smtp_password)
         return [v for v in vals if v]
 
 
@@ -229,6 +238,9 @@ def _check(cfg: Config) -> None:
     names = [loc.name for loc in cfg.clover.locations]
     if len(set(names)) != len(names):
         raise ConfigError("clover.locations: location names must be unique")
+    merchants = [loc.merchant_id for loc in cfg.clover.locations]
+    if len(set(merchants)) != len(merchants) or not all(m.strip() for m in merchants):
+        raise ConfigError("clover.locations: each location needs its own merchant_id (a webhook names its merchant)")
     for i, loc in enumerate(cfg.clover.locations):
         if loc.oauth and not loc.client_id:
             raise ConfigError(f"clover.locations[{i}].client_id: required when oauth = true (the app's App ID)")
@@ -255,6 +267,34 @@ def _check(cfg: Config) -> None:
         raise ConfigError("woocommerce.base_url: must start with http:// or https://")
     if not cfg.clover.base_url.startswith(("http://", "https://")):
         raise ConfigError("clover.base_url: must start with http:// or https://")
+    _check_limits(cfg)
+    _check_alerts(cfg.alerts)
+
+
+def _check_limits(cfg: Config) -> None:
+    """Rates and sizes the daemon builds its limiters and queues from (a 0 there fails at start, not here)."""
+    for key, value in (("server.queue_size", cfg.server.queue_size),
+                       ("woocommerce.max_in_flight", cfg.woocommerce.max_in_flight),
+                       ("clover.app_in_flight", cfg.clover.app_in_flight),
+                       ("clover.token_in_flight", cfg.clover.token_in_flight)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, not {value}")
+    for key, rate in (("clover.app_rate", cfg.clover.app_rate), ("clover.token_rate", cfg.clover.token_rate)):
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ConfigError(f"{key}: must be a positive number of requests per second, not {rate}")
+
+
+def _check_alerts(a: AlertsConfig) -> None:
+    try:
+        parse_smtp_url(a.smtp_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None  # names alerts.smtp_url, never echoes a password
+    for i, address in enumerate(a.email_to):
+        local, at, domain = address.strip().partition("@")
+        if not (local and at and domain) or any(c in address for c in "\r\n,<>"):
+            raise ConfigError(f"alerts.email_to[{i}]: {address[:80]!r} is not one email address")
+    if any(c in a.email_from for c in "\r\n"):
+        raise ConfigError("alerts.email_from: one line, an email address")
 
 
 def check_service_directories(cfg: Config, env: Mapping[str, str], *, source: str) -> None:
@@ -345,4 +385,8 @@ def load_secrets(cfg: Config) -> Secrets:
         clover_auth_code=_read_secret("clover.auth_code", cfg.clover.auth_code_file, may_be_empty=True),
         clover_tokens=tokens,
         clover_client_secrets=client_secrets,
+        # Only when alerts are emailed: read like every other secret (env, $CREDENTIALS_DIRECTORY), so a missing
+        # file is refused here, and the password is redacted from the logs like the rest.
+        smtp_password=_read_secret("alerts.smtp_password", cfg.alerts.smtp_password_file, required=False)
+        if cfg.alerts.email_to else "",
     )

@@ -236,6 +236,20 @@ class CloverVerifyRequest(msgspec.Struct, frozen=True, tag="clover_verify"):
 
 
 
+# -- requests larger than one frame (a 50,000-row CSV, a long exclusion list)
+
+
+class UploadRequest(msgspec.Struct, frozen=True, tag="upload"):
+    """The request that follows is too large for one frame: ``parts`` frames of its encoding, ``size`` bytes in all.
+
+    Sent and reassembled by ``io.control`` itself; a handler never sees one.
+    """
+
+    size: int
+    parts: int
+
+
+
 ControlRequest = (
     StatusRequest | LogRequest | ConflictsRequest | ReconcileRequest | SyncRequest | JobRequest
     | ExportCsvRequest | ImportCsvRequest
@@ -243,6 +257,7 @@ ControlRequest = (
     | ExcludeRequest
     | ModeRequest
     | CloverVerifyRequest
+    | UploadRequest
 )
 
 

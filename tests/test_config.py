@@ -200,3 +200,96 @@ def test_run_refuses_paths_outside_the_unit_directories_with_exit_2(tmp_path: Pa
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "[state] path" in proc.stderr and "[control] socket" in proc.stderr
     assert not Path("/var/lib/cloverwoo/state.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('[alerts]\nemail_to = ["o@shop.example"]\nsmtp_url = "http://mail.example"\n', "alerts.smtp_url: scheme"),
+        ('[alerts]\nsmtp_url = "smtp://user:pw@mail.example"\n', "alerts.smtp_url: put the password"),
+        ('[alerts]\nsmtp_url = "smtp://mail.example:abc"\n', "alerts.smtp_url: the port is not a number"),
+        ('[alerts]\nemail_to = ["owner"]\n', "alerts.email_to[0]: 'owner' is not one email address"),
+        ('[alerts]\nemail_to = ["a@x.example, b@x.example"]\n', "alerts.email_to[0]"),
+        ("[server]\nqueue_size = 0\n", "server.queue_size: must be at least 1"),
+        ('[[clover.locations]]\nname = "airport"\nmerchant_id = "M1"\ntoken_file = "t"\n',
+         "clover.locations: each location needs its own merchant_id"),
+        ("[woocommerce2]\n", "woocommerce2: unknown key"),
+    ],
+)
+def test_values_the_daemon_builds_from_are_judged_at_load(tmp_path: Path, extra: str, needle: str) -> None:
+    """Before, a bad SMTP URL (or a limit of 0) passed the load and failed inside the running daemon."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL.format(d=tmp_path) + "\n" + extra)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("app_in_flight", "0", "clover.app_in_flight: must be at least 1"),
+    ("token_in_flight", "-1", "clover.token_in_flight: must be at least 1"),
+    ("app_rate", "0.0", "clover.app_rate: must be a positive number"),
+    ("token_rate", "nan", "clover.token_rate: must be a positive number"),
+])
+def test_clover_limits_are_judged_at_load(tmp_path: Path, key: str, value: str, needle: str) -> None:
+    text = MINIMAL.format(d=tmp_path).replace('auth_code_file =', f"{key} = {value}\nauth_code_file =")
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(text)
+
+
+def test_the_smtp_password_is_a_secret_read_at_load(tmp_path: Path) -> None:
+    """Read with the other secrets (so a missing file is refused before anything starts) and redacted with them;
+    not read at all when nothing is emailed."""
+    write_secrets(tmp_path)
+    alerts = f'\n[alerts]\nemail_to = ["o@shop.example"]\nsmtp_password_file = "{tmp_path}/smtp"\n'
+    with pytest.raises(ConfigError, match=r"alerts.smtp_password_file: .*/smtp does not exist"):
+        load_secrets(parse_config(MINIMAL.format(d=tmp_path) + alerts))
+    (tmp_path / "smtp").write_text("s3cret-mail-pw\n")
+    secrets = load_secrets(parse_config(MINIMAL.format(d=tmp_path) + alerts))
+    assert secrets.smtp_password == "s3cret-mail-pw" and "s3cret-mail-pw" in secrets.values()
+    quiet = alerts.replace('email_to = ["o@shop.example"]', "email_to = []")
+    (tmp_path / "smtp").unlink()
+    assert load_secrets(parse_config(MINIMAL.format(d=tmp_path) + quiet)).smtp_password == ""
+
+
+def _run_daemon_cli(cfg: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CLOVERWOO_") and k not in ("NOTIFY_SOCKET", "STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+    return subprocess.run([sys.executable, "-m", "cloverwoo_daemon.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, env=env, timeout=90)
+
+
+@pytest.mark.parametrize("case", ["smtp_url", "smtp_password_file", "in_flight", "socket_dir_missing",
+                                  "socket_dir_world_writable", "socket_is_a_file"])
+def test_run_exits_2_with_one_line_for_every_config_error(tmp_path: Path, case: str) -> None:
+    """``cloverwoo run`` as systemd starts it. Before, an SMTP URL or password file found bad while building the
+    alerts (and a limit of 0 while building the clients, a socket directory while binding) ended in a traceback
+    and exit 1, after the 20 s preflight; now each is one line and exit 2, before anything starts."""
+    write_secrets(tmp_path)
+    text = MINIMAL.format(d=tmp_path).replace("https://shop.example.com", "http://127.0.0.1:9")
+    text = text.replace("[clover]\n", '[clover]\nbase_url = "http://127.0.0.1:9"\n')
+    text += f'\n[state]\npath = "{tmp_path}/state.sqlite3"\n'
+    socket = tmp_path / "run" / "control.sock"
+    (tmp_path / "run").mkdir()
+    needle = {"smtp_url": "alerts.smtp_url", "smtp_password_file": "alerts.smtp_password_file",
+              "in_flight": "woocommerce.max_in_flight", "socket_dir_missing": "control.socket",
+              "socket_dir_world_writable": "control.socket", "socket_is_a_file": "control.socket"}[case]
+    if case == "smtp_url":
+        text += '\n[alerts]\nemail_to = ["o@shop.example"]\nsmtp_url = "smtps://"\n'
+    elif case == "smtp_password_file":
+        text += f'\n[alerts]\nemail_to = ["o@shop.example"]\nsmtp_password_file = "{tmp_path}/nope"\n'
+    elif case == "in_flight":
+        text = text.replace('webhook_secret_file =', "max_in_flight = 0\nwebhook_secret_file =")
+    elif case == "socket_dir_missing":
+        socket = tmp_path / "missing" / "control.sock"
+    elif case == "socket_dir_world_writable":
+        (tmp_path / "run").chmod(0o777)
+    else:
+        socket.write_text("not a socket")
+    text += f'\n[control]\nsocket = "{socket}"\n'
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    proc = _run_daemon_cli(cfg)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("cloverwoo: config error: ") and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "state.sqlite3").exists()  # refused before anything started

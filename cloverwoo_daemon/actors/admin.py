@@ -8,6 +8,7 @@ for a reconciliation and resolving conflicts, both through the normal paths.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,7 @@ class Admin:
     exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
     companion: Any = None  # set by app.py: actors.companion.CompanionWatch (whether stock writes are atomic)
     witness: Any = None  # set by app.py: actors.witness.LossWitness (sales our writes may have erased)
+    intake: Any = None  # set by app.py: actors.intake.Intake (its overflow is queued work too)
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
         match req:
@@ -273,8 +275,9 @@ class Admin:
                 known[key] = frozenset(b.clover_items)
                 woo_now[key] = b.base_woo
         try:
-            rows, errors = csv_rows.parse_import(text, match="sku" if match == "sku" else "id", known=known,
-                                                 woo_now=woo_now)
+            # In a worker thread: checking 50,000 rows takes long enough to hold up webhook acknowledgements.
+            rows, errors = await trio.to_thread.run_sync(functools.partial(
+                csv_rows.parse_import, text, match="sku" if match == "sku" else "id", known=known, woo_now=woo_now))
         except csv_rows.HeaderError as exc:
             return ControlResponse(ok=False, error=f"nothing applied: {exc}")
         # -- rows the sync would not carry are rejected; a row equal to the agreed count writes nothing
@@ -335,6 +338,7 @@ class Admin:
         queue = {
             "router": self.router_inbox.statistics().current_buffer_used,
             "shards": [ch.statistics().current_buffer_used for ch in self.shard_inboxes],
+            "intake_overflow": len(self.intake.overflow) if self.intake is not None else 0,
         }
         stats = self.store_stats()
         return {
@@ -385,6 +389,7 @@ class Admin:
         return (
             all(s.idle() for s in self.shards)
             and self.router_inbox.statistics().current_buffer_used == 0
+            and (self.intake is None or not self.intake.overflow)
             and all(ch.statistics().current_buffer_used == 0 for ch in self.shard_inboxes)
         )
 

@@ -66,8 +66,9 @@ class Exclusions:
         self.skus = after
         bound: dict[str, int] = {}
         sent = 0
+        wanted_set = set(wanted)  # a list would make a 50,000-line file 50,000 x 50,000 comparisons
         for b in self.table.all():
-            if b.sku in wanted:
+            if b.sku in wanted_set:
                 bound[b.sku] = bound.get(b.sku, 0) + 1
                 if b.excluded != excluded:
                     await self._send(b.binding_id, excluded)

@@ -666,7 +666,7 @@ class JobRunner:
         self._expected = {}
         if status.state in ("done", "failed"):
             return
-        if isinstance(exc, trio.Cancelled):
+        if _only_cancelled(exc):
             # a shutdown (or a restart of this actor) mid-job: the saved state lets the next start resume it;
             # it is not running any more, so it is not shown as running either.
             if self.current is status:
@@ -730,3 +730,11 @@ def _summary(report: Any, *, changed: int, removed: int) -> dict[str, Any]:
 def _resumable(job: JobStatus) -> bool:
     """An import or push that a crash or restart stopped before it finished (a dry run is not resumed)."""
     return job.state not in ("done", "failed") and job.kind in ("import", "push") and not job.dry_run
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """A cancellation, bare or as every leaf of a nursery's group: a shutdown, not a failed job."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest is None
+    return isinstance(exc, trio.Cancelled)

@@ -33,6 +33,7 @@ import trio
 
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
 from cloverwoo_daemon.core.model import WooRef
+from cloverwoo_daemon.core.webhook_parse import CLOVER_ITEM_KINDS
 from cloverwoo_daemon.messages import CloverChange, EventsSettled, InboxEvent, MarkDirty, WooChange
 from cloverwoo_daemon.ports import StorePort
 
@@ -176,7 +177,7 @@ class Router:
                 if loc is None:
                     self._ignore(ev.event_id, "unknown or inactive merchant", merchant_id=mid)
                     return
-                if kind == "I":
+                if kind in CLOVER_ITEM_KINDS:  # I, and the stock events Clover split from it (IS, IA)
                     ids = self._resolve({loc: {oid}}, set())
                     await self._dispatch(ids, "webhook:clover", mono=mono, event_id=ev.event_id, clover_at=(loc,))
                 elif kind == "O" and loc in d.lookups:

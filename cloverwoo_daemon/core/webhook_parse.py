@@ -8,14 +8,31 @@ Rules this module keeps:
   decoding, by a structural scan that is linear in the body size (it never
   builds objects), so a hostile body costs at most a few passes over bytes
   the server already limited in size.
-- Strict on known fields, tolerant of the rest: a field we use that has the
-  wrong type or shape refuses the whole body (``MalformedPayload``); fields we
-  do not know are skipped (WooCommerce sends 71 keys per product, plugins add
-  more). Nothing but ``MalformedPayload`` ever escapes ``parse_clover`` or
-  ``parse_woo``, whatever the input.
+- Strict on the envelope, tolerant of the rest: a body that is not a
+  delivery at all (not a JSON object, no ``merchants`` object, an ``appId``
+  that is not a string; for Woo, a field we use with the wrong type) refuses
+  the whole body (``MalformedPayload``); fields we do not know are skipped
+  (WooCommerce sends 71 keys per product, plugins add more). Nothing but
+  ``MalformedPayload`` ever escapes ``parse_clover`` or ``parse_woo``,
+  whatever the input.
+- A Clover delivery is many entries (several merchants, several events each,
+  and Clover documents no retry), so it is judged entry by entry: an entry of
+  a kind the sync does not use, or of a shape it cannot read, is *skipped*
+  (returned in ``CloverDelivery.skipped`` with the reason, for the log and the
+  metrics), and every other entry of the same body is kept. An entry is used
+  when its ``objectId`` is ``<kind>:<id>`` with a kind in ``CLOVER_ITEM_KINDS``
+  or ``CLOVER_ORDER_KINDS``; ``type`` and ``ts`` are read when they have the
+  expected type and otherwise left out, and nothing else of the entry is
+  read. Clover's newer stock events (``IS``, ``IA``) carry the item's figures
+  in the entry itself; those figures are never read: the merge always reads
+  fresh.
 - Every event comes with its dedup key, a JSON array text, so the store can
   acknowledge a redelivery and apply it once:
-    Clover: ``["clover", mId, objectId, type, ts]``;
+    Clover: ``["clover", mId, objectId, type, ts]``, or, for an entry
+    without a usable ``ts``, ``["clover", mId, objectId, type, null,
+    received_ms]``: with no time of its own, two such entries are told apart
+    by when they arrived (a redelivery then runs one more merge, which finds
+    nothing to do; collapsing two real changes into one key would lose one);
     Woo: ``["woo", topic, id, date_modified_gmt, stock_quantity]``.
   Woo's ``X-WC-Webhook-Delivery-ID`` is *not* used: it is a hash of the
   webhook id and the current second, 100 deliveries carried 2 distinct values
@@ -37,11 +54,14 @@ from cloverwoo_daemon.core.model import WooRef
 from cloverwoo_daemon.messages import CloverChange, WooChange
 
 __all__ = [
+    "CLOVER_ITEM_KINDS",
+    "CLOVER_ORDER_KINDS",
     "MAX_DEPTH",
     "CloverDelivery",
     "CloverParsed",
     "CloverVerification",
     "MalformedPayload",
+    "SkippedEntry",
     "WooDelivery",
     "WooIgnored",
     "WooParsed",
@@ -124,42 +144,114 @@ class CloverVerification(msgspec.Struct, frozen=True):
     code: str
 
 
+CLOVER_ITEM_KINDS: Final = frozenset({"I", "IS", "IA"})
+"""Event kinds that mean "this item's stock may have changed": ``I`` (inventory item; before Clover split the
+topic, every stock change too), ``IS`` (item stock: manual edits, ``POST item_stocks``, the low-stock
+threshold) and ``IA`` (item availability)."""
+CLOVER_ORDER_KINDS: Final = frozenset({"O"})
+"""Event kinds that name an order, whose line items say which items sold."""
+_USED_KINDS = CLOVER_ITEM_KINDS | CLOVER_ORDER_KINDS
+_NAME_MAX = 256
+_SHOWN_MAX = 64  # how much of an unusable objectId a SkippedEntry keeps (for the log line)
+_TS_MAX = 2**53
+
+
+class SkippedEntry(msgspec.Struct, frozen=True):
+    """One entry of a Clover delivery that was not stored, and why (safe to log: ids only, truncated).
+
+    ``unused`` tells a well-formed entry of a kind the sync does not use (a payment, a customer) from one
+    whose shape could not be read.
+    """
+
+    merchant_id: str
+    object_id: str
+    reason: str
+    unused: bool
+
+
 class CloverDelivery(msgspec.Struct, frozen=True):
-    """A notification: each change with its dedup key, in body order."""
+    """A notification: each used change with its dedup key, in body order, and the entries skipped."""
 
     app_id: str
     items: tuple[tuple[str, CloverChange], ...]
+    skipped: tuple[SkippedEntry, ...] = ()
 
 
 CloverParsed = CloverVerification | CloverDelivery
 
 _Code = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
-_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class _Handshake(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     verificationCode: _Code  # noqa: N815 (wire name)
 
 
-class _CloverUpdate(msgspec.Struct, frozen=True):
-    objectId: _Name  # noqa: N815
-    type: _Name
-    ts: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+class _CloverEntry(msgspec.Struct, frozen=True):
+    """The fields of one entry the sync reads; each is checked by hand, so one bad field cannot refuse it."""
+
+    objectId: msgspec.Raw = msgspec.Raw(b"null")  # noqa: N815
+    type: msgspec.Raw = msgspec.Raw(b"null")
+    ts: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class _CloverBody(msgspec.Struct, frozen=True):
     appId: str  # noqa: N815
-    merchants: dict[_Name, list[_CloverUpdate]]
+    merchants: dict[str, msgspec.Raw]
 
 
 _handshake_decoder = msgspec.json.Decoder(_Handshake)
 _clover_decoder = msgspec.json.Decoder(_CloverBody)
+_entries_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_entry_decoder = msgspec.json.Decoder(_CloverEntry)
+_any_decoder = msgspec.json.Decoder()
 
 
-def parse_clover(body: bytes) -> CloverParsed:
-    """The handshake or the changes of one Clover delivery.
+def _scalar(raw: msgspec.Raw) -> object:
+    """A field's value when it is a string or a number; None for anything else (an object, a list, null)."""
+    try:
+        value = _any_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
-    Error handling: raises ``MalformedPayload`` and nothing else.
+
+def _shown(text: object) -> str:
+    return text[:_SHOWN_MAX] if isinstance(text, str) else ""
+
+
+def _entry(merchant_id: str, raw: msgspec.Raw, received_ms: int) -> tuple[str, CloverChange] | SkippedEntry:
+    """One entry: the change and its key, or why it was skipped."""
+    try:
+        e = _entry_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError: not an object
+        return SkippedEntry(merchant_id, "", "entry is not an object", unused=False)
+    oid = _scalar(e.objectId)
+    if not isinstance(oid, str) or not 1 <= len(oid) <= _NAME_MAX:
+        return SkippedEntry(merchant_id, _shown(oid), "objectId missing, not a string, or too long", unused=False)
+    kind, sep, object_id = oid.partition(":")
+    if not sep or not kind or not object_id:
+        return SkippedEntry(merchant_id, _shown(oid), "objectId is not '<type key>:<id>'", unused=False)
+    if kind not in _USED_KINDS:
+        return SkippedEntry(merchant_id, _shown(oid), f"event type {kind[:16]!r} is not used for stock", unused=True)
+    type_ = _scalar(e.type)
+    type_ = type_ if isinstance(type_, str) and len(type_) <= _NAME_MAX else ""
+    ts = _scalar(e.ts)
+    if type(ts) is int and 0 <= ts <= _TS_MAX:
+        key = _key("clover", merchant_id, oid, type_, ts)
+    else:
+        ts = received_ms
+        key = _key("clover", merchant_id, oid, type_, None, received_ms)
+    return key, CloverChange(merchant_id=merchant_id, kind=kind, object_id=object_id, type=type_, ts=ts)
+
+
+def parse_clover(body: bytes, *, received_ms: int) -> CloverParsed:
+    """The handshake, or the used changes of one Clover delivery and the entries skipped.
+
+    ``received_ms`` (unix ms, when the body arrived) stands in for the time of an entry without a usable
+    ``ts`` (its dedup key and ``CloverChange.ts``).
+
+    Error handling: raises ``MalformedPayload`` (the body is not a Clover delivery at all) and nothing else;
+    an entry that cannot be read is skipped, never a reason to refuse the others.
     """
     check_depth(body)
     try:
@@ -170,14 +262,24 @@ def parse_clover(body: bytes) -> CloverParsed:
         raise MalformedPayload("not UTF-8") from None
     parsed = _decode(body, _clover_decoder)
     items: list[tuple[str, CloverChange]] = []
-    for merchant_id, updates in parsed.merchants.items():
-        for u in updates:
-            kind, sep, object_id = u.objectId.partition(":")
-            if not sep or not kind or not object_id:
-                raise MalformedPayload("objectId is not '<type key>:<id>'")
-            change = CloverChange(merchant_id=merchant_id, kind=kind, object_id=object_id, type=u.type, ts=u.ts)
-            items.append((_key("clover", merchant_id, u.objectId, u.type, u.ts), change))
-    return CloverDelivery(app_id=parsed.appId, items=tuple(items))
+    skipped: list[SkippedEntry] = []
+    for merchant_id, raw_entries in parsed.merchants.items():
+        shown = merchant_id[:_NAME_MAX]
+        try:
+            entries = _entries_decoder.decode(raw_entries)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            skipped.append(SkippedEntry(shown, "", "the merchant's events are not a list", unused=False))
+            continue
+        if not 1 <= len(merchant_id) <= _NAME_MAX:
+            skipped.extend(SkippedEntry(shown, "", "merchant id empty or too long", unused=False) for _ in entries)
+            continue
+        for raw in entries:
+            out = _entry(merchant_id, raw, received_ms)
+            if isinstance(out, SkippedEntry):
+                skipped.append(out)
+            else:
+                items.append(out)
+    return CloverDelivery(app_id=parsed.appId, items=tuple(items), skipped=tuple(skipped))
 
 
 # --------------------------------------------------------------------------

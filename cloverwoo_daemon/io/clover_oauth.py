@@ -34,7 +34,10 @@ Rules (clover-api.md section 4.2; the timing maths is ``core.tokens``):
   401 on a token we believe valid refreshes at most once per
   ``min_401_interval``; refreshing cannot fix a permission.
 - No token, secret or code ever appears in a log line, an exception message
-  or a ``repr``.
+  or a ``repr``. Every token this module learns (an answer from Clover, a
+  pair read back from the store, a code about to be exchanged) is handed to
+  ``io.logs.redact_also`` before anything else is done with it, so even a
+  line that would quote one by mistake is redacted.
 
 Error handling: every failure leaves as ``ports.RemoteError`` (transient:
 ``OAuthUnavailable``) or ``ports.PermanentError`` (``ReconnectRequired``,
@@ -66,6 +69,7 @@ from cloverwoo_daemon.core.tokens import (
     token_state,
 )
 from cloverwoo_daemon.io.clover import AppGate, CloverClient
+from cloverwoo_daemon.io.logs import redact_also
 from cloverwoo_daemon.io.store import Store
 from cloverwoo_daemon.ports import PermanentError, RemoteError
 
@@ -133,11 +137,13 @@ class TokenStore:
         raw = await self.kv.get_kv(self.key)
         if raw is None:
             return None
+        _learn_raw(raw)
         try:
             pair = decode_pair(raw)
         except TokenResponseError as exc:
             log.error("clover_oauth_stored_pair_unreadable", location=self.location, error=str(exc))
             return None
+        _learn(pair)
         if pair.merchant_id != self.merchant_id:
             log.error("clover_oauth_stored_pair_other_merchant", location=self.location,
                       stored_merchant=pair.merchant_id, merchant_id=self.merchant_id)
@@ -146,6 +152,21 @@ class TokenStore:
 
     async def save(self, pair: TokenPair) -> None:
         await self.kv.set_kv(self.key, encode_pair(pair))
+
+
+def _learn(pair: TokenPair) -> None:
+    redact_also(pair.access_token, pair.refresh_token)
+
+
+def _learn_raw(answer: object) -> None:
+    """The token fields of an answer (or a stored pair) that may not decode: they are secrets all the same."""
+    if isinstance(answer, str):
+        try:
+            answer = msgspec.json.decode(answer)
+        except msgspec.DecodeError:
+            return
+    if isinstance(answer, dict):
+        redact_also(*(v for k, v in answer.items() if isinstance(v, str) and "token" in k.lower()))
 
 
 class _Refused(Exception):
@@ -209,9 +230,13 @@ class CloverOAuth:
         if status != 200:
             raise OAuthUnavailable(f"clover {what}: unexpected HTTP {status}")
         try:
-            return pair_from_response(msgspec.json.decode(resp.content), merchant_id=merchant_id, now=self._clock())
+            answer = msgspec.json.decode(resp.content)
+            _learn_raw(answer)
+            pair = pair_from_response(answer, merchant_id=merchant_id, now=self._clock())
         except (msgspec.DecodeError, TokenResponseError) as exc:
             raise OAuthUnavailable(f"clover {what}: unusable answer ({exc})") from None
+        _learn(pair)
+        return pair
 
     async def exchange_code(self, code: str, *, merchant_id: str) -> TokenPair:
         """``POST /oauth/v2/token``: the one-time code the merchant's approval produced, for a pair.
@@ -221,6 +246,7 @@ class CloverOAuth:
         """
         if not self._client_secret:
             raise PermanentError("clover token exchange: the app secret (client_secret_file) is not configured")
+        redact_also(code.strip())
         try:
             return await self._post("/oauth/v2/token", {"client_id": self.client_id,
                                                         "client_secret": self._client_secret, "code": code.strip()},

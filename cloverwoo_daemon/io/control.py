@@ -9,9 +9,18 @@ Rules this module keeps:
   a stream of responses when the handler returns an async iterator (``log
   --follow``); either way it closes the connection after the last one, so
   the end of a stream is simply EOF and the protocol needs no extra marker.
-- Bounded: a request larger than ``MAX_REQUEST_BYTES`` is refused without
+- Bounded: a frame larger than ``MAX_REQUEST_BYTES`` is refused without
   being read; a client refuses an answer larger than its own limit. A
-  client that sends nothing is dropped after ``REQUEST_TIMEOUT``.
+  client that sends nothing is dropped after ``REQUEST_TIMEOUT`` (and after
+  as long between two frames of an upload).
+- Large requests are uploaded in frames: a request whose encoding is over
+  ``MAX_REQUEST_BYTES`` (a 50,000-row CSV, a long exclusion list) is sent as
+  ``UploadRequest(size, parts)`` followed by ``parts`` frames of its bytes,
+  reassembled and decoded by the server before the handler sees it, up to
+  ``MAX_UPLOAD_BYTES`` in all. The CLI reads the admin's file with the
+  admin's own permissions and sends its content: the daemon never opens a
+  path someone on the socket names, so the socket's group cannot make it
+  read a file they could not (its credentials, the state file).
 - A handler exception is an answer (``ok=False`` with the message), never a
   crash of the server; many clients are served concurrently.
 - Access control is the file system's: the socket is created with mode 0660
@@ -46,17 +55,21 @@ import msgspec
 import structlog
 import trio
 
-from cloverwoo_daemon.messages import ControlRequest, ControlResponse
+from cloverwoo_daemon.messages import ControlRequest, ControlResponse, UploadRequest
 
 __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_RESPONSE_BYTES",
+    "MAX_UPLOAD_BYTES",
     "ControlError",
     "ControlProtocolError",
     "ControlStream",
     "DaemonUnreachable",
     "Handler",
+    "AlreadyServed",
     "InsecureSocketDirectory",
+    "SocketPathUnusable",
+    "check_socket_path",
     "control_call",
     "control_stream",
     "serve_control",
@@ -65,6 +78,9 @@ __all__ = [
 log = structlog.get_logger("cloverwoo.control")
 
 MAX_REQUEST_BYTES = 64 * 1024
+"""The largest frame a server reads; a request larger than this is uploaded in frames of this size."""
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+"""The largest request, all frames together: a 50,000-row stock CSV is about 3 MB."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a status or CSV export can be large; the CLI is the only reader
 REQUEST_TIMEOUT = 10.0
 SOCKET_MODE = 0o660
@@ -89,8 +105,16 @@ class ControlProtocolError(ControlError):
     """The other side sent something that is not a valid frame."""
 
 
-class InsecureSocketDirectory(RuntimeError):
+class SocketPathUnusable(RuntimeError):
+    """``control.socket`` names a place the socket cannot be served from (a config error: the CLI exits 2)."""
+
+
+class InsecureSocketDirectory(SocketPathUnusable):
     """The socket's directory is writable by anyone without the sticky bit; the server refuses to start."""
+
+
+class AlreadyServed(RuntimeError):
+    """Another daemon already answers on the socket; this one refuses to start."""
 
 
 # --------------------------------------------------------------------------
@@ -128,8 +152,50 @@ class _FrameReader:
 
 
 def _frame(message: msgspec.Struct) -> bytes:
-    payload = _encoder.encode(message)
+    return _raw_frame(_encoder.encode(message))
+
+
+def _raw_frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
+
+
+def _request_frames(request: ControlRequest) -> list[bytes]:
+    """One frame, or an ``UploadRequest`` frame and the request's bytes in frames of ``MAX_REQUEST_BYTES``."""
+    payload = _encoder.encode(request)
+    if len(payload) <= MAX_REQUEST_BYTES:
+        return [_raw_frame(payload)]
+    if len(payload) > MAX_UPLOAD_BYTES:
+        raise ControlError(f"the request is {len(payload)} bytes, over the limit of {MAX_UPLOAD_BYTES}")
+    parts = [payload[i : i + MAX_REQUEST_BYTES] for i in range(0, len(payload), MAX_REQUEST_BYTES)]
+    return [_frame(UploadRequest(size=len(payload), parts=len(parts))), *map(_raw_frame, parts)]
+
+
+async def _read_upload(reader: _FrameReader, upload: UploadRequest) -> ControlRequest:
+    """The request an upload carries, reassembled; ``ControlProtocolError`` for anything but what it announced."""
+    if not 0 < upload.size <= MAX_UPLOAD_BYTES:
+        raise ControlProtocolError(f"an upload of {upload.size} bytes (the limit is {MAX_UPLOAD_BYTES})")
+    if upload.parts != -(-upload.size // MAX_REQUEST_BYTES):
+        raise ControlProtocolError(f"{upload.parts} parts cannot carry {upload.size} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    for _ in range(upload.parts):
+        with trio.fail_after(REQUEST_TIMEOUT):
+            chunk = await reader.read()
+        if chunk is None:
+            raise ControlProtocolError("connection closed inside an upload")
+        received += len(chunk)
+        if received > upload.size:
+            raise ControlProtocolError("an upload larger than it announced")
+        chunks.append(chunk)
+    if received != upload.size:
+        raise ControlProtocolError("an upload smaller than it announced")
+    try:
+        req = _request_decoder.decode(b"".join(chunks))
+    except msgspec.DecodeError as exc:
+        raise ControlProtocolError(f"the uploaded request: {exc}") from None
+    if isinstance(req, UploadRequest):
+        raise ControlProtocolError("an upload inside an upload")
+    return req
 
 
 # --------------------------------------------------------------------------
@@ -138,12 +204,26 @@ def _frame(message: msgspec.Struct) -> bytes:
 
 def _check_directory(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    st = os.stat(directory)
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise SocketPathUnusable(f"control.socket: the directory {directory} cannot be used: {exc.strerror}") from None
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise InsecureSocketDirectory(
-            f"refusing to create the control socket in {directory}: it is world-writable without the sticky bit"
+            f"control.socket: refusing to create the socket in {directory}: it is world-writable without the sticky bit"
             " (anyone could replace the socket); use a private directory such as /run/cloverwoo"
         )
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse, before anything starts, a ``control.socket`` the server could not bind (``SocketPathUnusable``)."""
+    _check_directory(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathUnusable(f"control.socket: {path} exists and is not a socket; refusing to replace it")
 
 
 def _remove_stale(path: str) -> None:
@@ -152,7 +232,7 @@ def _remove_stale(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+        raise SocketPathUnusable(f"control.socket: {path} exists and is not a socket; refusing to replace it")
     probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -162,7 +242,7 @@ def _remove_stale(path: str) -> None:
     except OSError as exc:
         raise RuntimeError(f"cannot check whether {path} is in use: {exc.strerror}") from None
     else:
-        raise RuntimeError(f"another daemon is already answering on {path}")
+        raise AlreadyServed(f"another daemon is already answering on {path}")
     finally:
         probe.close()
 
@@ -201,8 +281,12 @@ async def _answer_stream(stream: trio.SocketStream, handler: Handler) -> None:
         return
     try:
         req = _request_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+        if isinstance(req, UploadRequest):
+            req = await _read_upload(reader, req)
+    except (msgspec.DecodeError, ControlProtocolError) as exc:
         await stream.send_all(_frame(ControlResponse(ok=False, error=f"bad request: {exc}")))
+        return
+    except trio.TooSlowError:
         return
     try:
         result = await handler(req)
@@ -241,10 +325,11 @@ async def serve_control(
 
     Resource handling: the socket file is removed on exit if it is still ours.
 
-    Error handling: ``InsecureSocketDirectory`` when the directory is
-    world-writable without the sticky bit; ``RuntimeError`` when another
-    daemon answers on ``path`` or ``path`` is not a socket. Errors of one
-    connection (a client hanging up mid-stream) end that connection only.
+    Error handling: ``SocketPathUnusable`` when the directory is missing or
+    ``path`` is not a socket (``InsecureSocketDirectory`` when the directory
+    is world-writable without the sticky bit); ``AlreadyServed`` when another
+    daemon answers on ``path``. Errors of one connection (a client hanging
+    up mid-stream) end that connection only.
     """
     sock = await _bind(path)
     ident = os.stat(path).st_ino
@@ -306,10 +391,12 @@ class ControlStream:
 
     async def __aenter__(self) -> ControlStream:
         try:
+            frames = _request_frames(self.request)
             with trio.fail_after(self.timeout):
                 self._stream = await _connect(self.path)
                 self._reader = _FrameReader(self._stream, self.max_bytes)
-                await self._stream.send_all(_frame(self.request))
+                for frame in frames:
+                    await self._stream.send_all(frame)
         except trio.TooSlowError:
             await self.aclose()
             raise DaemonUnreachable(f"no answer on {self.path} within {self.timeout:g}s") from None

@@ -16,20 +16,32 @@ Rules this module keeps:
   ``[redacted]`` wherever it appears, whole or inside a longer string.
   Values that are not JSON primitives are turned into text first, so a
   secret cannot slip through an object's ``repr`` at render time.
+- Secrets learned while the process runs (an OAuth token pair fetched or
+  refreshed, read back from the state store, a code being exchanged) are
+  redacted from the moment they are learned: whoever learns one calls
+  ``redact_also`` before anything can log it. The configured secrets are
+  kept for the whole run; learned ones are kept up to ``LEARNED_KEPT`` (the
+  oldest forgotten first: a token refreshed hourly for a year would
+  otherwise grow the list without bound).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["REDACTED", "Redactor", "configure_logging"]
+__all__ = ["LEARNED_KEPT", "REDACTED", "Redactor", "configure_logging", "redact_also"]
 
 REDACTED = "[redacted]"
+LEARNED_KEPT = 64
+"""Secrets learned at run time kept for redaction (a few per OAuth location: access, refresh, the previous pair)."""
+_MIN_LEARNED = 8  # shorter values are not credentials; redacting them would blank common words
 _QUIET = ("hypercorn", "hypercorn.error", "hypercorn.access", "quart", "quart.app", "quart.serving", "httpx",
           "httpcore")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
@@ -37,17 +49,42 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class Redactor:
-    """A structlog processor that replaces every configured secret value with ``[redacted]``."""
+    """A structlog processor that replaces every secret value (configured or learned) with ``[redacted]``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self._configured = {s for s in secrets if s}
+        self._learned: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._pattern: re.Pattern[str] | None = None
+        self._compile()
+
+    @property
+    def secrets(self) -> list[str]:
+        return sorted(self._configured | set(self._learned), key=len, reverse=True)
+
+    def learn(self, *values: str) -> None:
+        """Redact ``values`` too from now on (the configured secrets stay; learned ones are bounded)."""
+        changed = False
+        for v in values:
+            if not v or len(v) < _MIN_LEARNED or v in self._configured:
+                continue
+            if v in self._learned:
+                self._learned.move_to_end(v)
+                continue
+            self._learned[v] = None
+            changed = True
+            while len(self._learned) > LEARNED_KEPT:
+                self._learned.popitem(last=False)
+        if changed:
+            self._compile()
+
+    def _compile(self) -> None:
         # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        secrets = self.secrets
+        self._pattern = re.compile("|".join(map(re.escape, secrets))) if secrets else None
 
     def text(self, value: str) -> str:
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        pattern = self._pattern
+        return value if pattern is None else pattern.sub(REDACTED, value)
 
     def value(self, value: Any) -> Any:
         if value is None or isinstance(value, bool | int | float):
@@ -61,9 +98,22 @@ class Redactor:
         return self.text(str(value) if isinstance(value, BaseException) else repr(value))
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if not self.secrets:
+        if self._pattern is None:
             return event_dict
         return {k: self.value(v) for k, v in event_dict.items()}
+
+
+_active: Redactor | None = None  # the redactor of the pipeline configure_logging installed last
+
+
+def redact_also(*values: str) -> None:
+    """Redact these secrets from every log line from now on: call it the moment a secret is learned.
+
+    Before ``configure_logging`` ran (a library use, a test with its own capture) it does nothing: no pipeline
+    of ours renders lines then.
+    """
+    if _active is not None:
+        _active.learn(*values)
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -103,13 +153,18 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    global _active
+    redactor = Redactor(secrets)
+    if _active is not None:  # reconfigured (the CLI does, then runs the daemon): what was learned stays secret
+        redactor.learn(*_active._learned)
+    _active = redactor
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            Redactor(secrets),
+            redactor,
             renderer,
         ],
     )

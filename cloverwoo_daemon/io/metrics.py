@@ -49,8 +49,8 @@ Side = Literal["clover", "woo"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 EVENT_SOURCES = ("clover", "woocommerce")
-EVENT_RESULTS = ("accepted", "duplicate", "ignored", "rejected_auth", "malformed", "too_large", "timeout",
-                 "overloaded", "failed")
+EVENT_RESULTS = ("accepted", "duplicate", "ignored", "skipped", "unreadable", "rejected_auth", "malformed",
+                 "too_large", "timeout", "overloaded", "failed")
 """What became of a webhook delivery (``io.webhooks`` decides; one per delivery, or per event once parsed)."""
 
 BINDING_STATES = ("synced", "never_synced", "stale", "conflict", "excluded", "untracked")

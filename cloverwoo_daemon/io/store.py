@@ -23,6 +23,19 @@ Rules this module keeps:
   harmless).
 - Reads take the same limiter and run in autocommit mode between batches, so
   a read always sees every write whose caller was already answered.
+- The admin's reads (the sync log, the CSV export's last-synced times, the
+  conflicts, the alert emails: what ``cloverwoo`` commands, the dashboard
+  and ``/metrics`` ask for) run on a second connection, read-only
+  (``query_only``), in worker threads under a limiter of their own: WAL lets
+  it read while the writer commits, so a slow admin read never holds up a
+  webhook's acknowledgement, and it still sees every committed write. Those
+  reads use indexes made for them (a rare log level, last-synced times kept
+  per binding) instead of scanning the whole sync log.
+- Pruning deletes in bounded steps (``PRUNE_STEP`` rows per transaction),
+  each its own write request, so one prune never holds the writer long.
+- An inbox row that no longer decodes (written by another version, or
+  damaged) is moved to ``inbox_quarantine`` by ``quarantine_events`` (the
+  caller logs it); ``statistics().quarantined`` counts them for ``status``.
 - The schema is versioned: ``schema_version`` holds how many entries of
   ``MIGRATIONS`` have been applied. Opening applies the missing ones in order,
   each in its own transaction; a file written by a newer build is refused
@@ -100,6 +113,7 @@ class StoreStatistics(msgspec.Struct, frozen=True):
     db_size_bytes: int  # page_count * page_size after the last batch
     pending_inbox: int  # accepted events not settled yet
     queued: int  # write requests waiting for the writer right now
+    quarantined: int = 0  # inbox events set aside because they no longer decode
 
 
 # --------------------------------------------------------------------------
@@ -241,9 +255,45 @@ def _m4_log_by_binding(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sync_log_binding ON sync_log(binding_id, id)")
 
 
+def _m5_quarantine_and_admin_reads(conn: sqlite3.Connection) -> None:
+    """Undecodable inbox rows set aside, and what the admin's reads need so they never scan the sync log.
+
+    Written to run twice harmlessly (``IF NOT EXISTS``, an upsert): branches built in parallel may number
+    their migrations differently until they meet.
+    """
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS inbox_quarantine (
+            id INTEGER PRIMARY KEY,        -- the inbox id it had
+            dedup_key TEXT NOT NULL,
+            payload BLOB,
+            received_at REAL NOT NULL,
+            error TEXT NOT NULL,
+            quarantined_at REAL NOT NULL
+        )"""
+    )
+    # `cloverwoo log --level warning|error`: the newest problems without reading the info rows around them
+    conn.execute("CREATE INDEX IF NOT EXISTS sync_log_problems ON sync_log(id) WHERE level != 'info'")
+    conn.execute("CREATE INDEX IF NOT EXISTS sync_log_errors ON sync_log(id) WHERE level = 'error'")
+    # the CSV export's last_synced_at: kept per binding as log rows are written, instead of a GROUP BY
+    # over 90 days of log (and no longer forgotten when old log rows are pruned)
+    conn.execute("CREATE TABLE IF NOT EXISTS binding_synced (binding_id TEXT PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute(
+        "INSERT INTO binding_synced (binding_id, at) "
+        f"SELECT binding_id, MAX(ts) FROM sync_log WHERE event IN ({_SYNCED_EVENTS_SQL}) GROUP BY binding_id "
+        "ON CONFLICT (binding_id) DO UPDATE SET at = max(at, excluded.at)"
+    )
+
+
+_SYNCED_EVENTS = ("merge", "csv_set")  # log events that mean "this binding was synced now" (the CSV export)
+_SYNCED_EVENTS_SQL = ", ".join(f"'{e}'" for e in _SYNCED_EVENTS)
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: tuple[Migration, ...] = (_m1_initial, _m2_log_and_conflicts, _m3_alerts, _m4_log_by_binding)
+MIGRATIONS: tuple[Migration, ...] = (
+    _m1_initial, _m2_log_and_conflicts, _m3_alerts, _m4_log_by_binding, _m5_quarantine_and_admin_reads,
+)
+PRUNE_STEP = 5_000
+"""Rows one prune transaction deletes at most (the writer is held milliseconds, then serves others)."""
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -355,13 +405,19 @@ def _log_params(r: SyncLogRow) -> tuple[Any, ...]:
 
 
 def _insert_log(conn: sqlite3.Connection, rows: Iterable[SyncLogRow]) -> list[int]:
-    return [
-        conn.execute(
+    ids = []
+    for r in rows:
+        ids.append(conn.execute(
             f"INSERT INTO sync_log ({_LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             _log_params(r),
-        ).fetchone()[0]
-        for r in rows
-    ]
+        ).fetchone()[0])
+        if r.event in _SYNCED_EVENTS:
+            conn.execute(
+                "INSERT INTO binding_synced (binding_id, at) VALUES (?, ?) "
+                "ON CONFLICT (binding_id) DO UPDATE SET at = max(at, excluded.at)",
+                (r.binding_id, r.ts),
+            )
+    return ids
 
 
 def _add_conflict(conn: sqlite3.Connection, c: Conflict, fold: Callable[[str, str], str] | None = None) -> int:
@@ -453,6 +509,8 @@ class Store:
         self._clock = clock  # unix seconds; injectable so tests can move past the dedup window
         self._limiter = trio.CapacityLimiter(1)
         self._conn: sqlite3.Connection | None = None
+        self._admin_limiter = trio.CapacityLimiter(1)  # the admin connection: one read at a time, its own thread
+        self._admin_conn: sqlite3.Connection | None = None
         self._state: Literal["new", "open", "closed"] = "new"
         self._queue: collections.deque[_Request[Any]] = collections.deque()
         self._wakeup = trio.Event()
@@ -461,6 +519,7 @@ class Store:
         self._max_batch_seen = 0
         self._db_size = 0
         self._pending = 0
+        self._quarantined = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -475,6 +534,7 @@ class Store:
         self._state = "open"  # claim it before the first checkpoint
         try:
             await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+            await trio.to_thread.run_sync(self._open_admin_sync, limiter=self._admin_limiter)
             task_status.started()
             await self._writer()
         finally:
@@ -485,6 +545,7 @@ class Store:
                 req.error = closed
                 req.done.set()
             with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close_admin_sync, limiter=self._admin_limiter)
                 await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
 
     def _open_sync(self) -> None:
@@ -498,6 +559,7 @@ class Store:
             conn.execute("PRAGMA busy_timeout=5000")  # a CLI or backup may hold the file briefly
             migrate(conn)
             self._pending = conn.execute("SELECT count(*) FROM inbox WHERE settled_at IS NULL").fetchone()[0]
+            self._quarantined = conn.execute("SELECT count(*) FROM inbox_quarantine").fetchone()[0]
             self._db_size = self._size_sync(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -506,6 +568,22 @@ class Store:
             conn.close()
             raise
         self._conn = conn
+
+    def _open_admin_sync(self) -> None:
+        """The admin's read-only connection, opened once the writer's has made and migrated the file."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA query_only=ON")  # it can never write: every write goes through the group commit
+            conn.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            conn.close()
+            raise
+        self._admin_conn = conn
+
+    def _close_admin_sync(self) -> None:
+        conn, self._admin_conn = self._admin_conn, None
+        if conn is not None:
+            conn.close()
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
@@ -529,6 +607,7 @@ class Store:
             db_size_bytes=self._db_size,
             pending_inbox=self._pending,
             queued=len(self._queue),
+            quarantined=self._quarantined,
         )
 
     # ------------------------------------------------------------------ writer
@@ -653,6 +732,22 @@ class Store:
             raise StoreClosed("the state store is not running")
         return fn(conn)
 
+    async def _admin_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the admin's read-only connection: never waits for the writer, never holds it up."""
+        if self._state != "open":
+            raise StoreClosed("the state store is not running")
+        return await trio.to_thread.run_sync(self._admin_read_sync, fn, limiter=self._admin_limiter)
+
+    def _admin_read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._admin_conn
+        if conn is None:
+            raise StoreClosed("the state store is not running")
+        conn.execute("BEGIN")  # one snapshot for the whole read, however many statements it takes
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
     # ------------------------------------------------------------------ inbox
 
     async def accept_events(self, items: list[tuple[str, bytes]]) -> list[tuple[int, bool]]:
@@ -721,13 +816,52 @@ class Store:
         await self._write(fn, count)
 
     async def prune(self, now: float) -> int:
-        """Drop dedup keys of events settled more than ``dedup_window`` seconds before ``now``."""
+        """Drop dedup keys of events settled more than ``dedup_window`` seconds before ``now`` (in bounded steps)."""
         horizon = now - self.dedup_window
-        return await self._write(
-            lambda conn: (
-                conn.execute("DELETE FROM inbox WHERE settled_at IS NOT NULL AND settled_at < ?", (horizon,)).rowcount
-            )
-        )
+        return await self._prune_steps(
+            "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE settled_at IS NOT NULL AND settled_at < ? "
+            "LIMIT ?)", horizon)
+
+    async def _prune_steps(self, sql: str, bound: float) -> int:
+        """Run ``sql`` (a DELETE of at most ``PRUNE_STEP`` rows) as separate write requests until it deletes fewer.
+
+        Each step is one request: a webhook's commit queued meanwhile shares the next transaction instead of
+        waiting for the whole prune.
+        """
+        total = 0
+        while True:
+            n = await self._write(lambda conn: conn.execute(sql, (bound, PRUNE_STEP)).rowcount)
+            total += n
+            if n < PRUNE_STEP:
+                return total
+            await trio.sleep(0)
+
+    async def quarantine_events(self, items: Sequence[tuple[int, str]]) -> int:
+        """Set aside pending inbox events that no longer decode: ``(event id, why)``; returns how many moved.
+
+        The row leaves the inbox (it is no longer replayed, and its dedup key no longer holds a redelivery
+        back) and is kept whole in ``inbox_quarantine`` with the error, for whoever looks into it.
+        """
+        todo = list(items)
+
+        def fn(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            moved = 0
+            for event_id, error in todo:
+                moved += conn.execute(
+                    "INSERT INTO inbox_quarantine (id, dedup_key, payload, received_at, error, quarantined_at) "
+                    "SELECT id, dedup_key, payload, received_at, ?, ? FROM inbox "
+                    "WHERE id = ? AND settled_at IS NULL ON CONFLICT (id) DO NOTHING",
+                    (error[:500], now, event_id),
+                ).rowcount
+                conn.execute("DELETE FROM inbox WHERE id = ? AND settled_at IS NULL", (event_id,))
+            return moved
+
+        def count(moved: int) -> None:
+            self._quarantined += moved
+            self._pending -= moved
+
+        return await self._write(fn, count)
 
     # ------------------------------------------------------------------ bindings
 
@@ -851,9 +985,13 @@ class Store:
         if level is not None:
             if level not in LEVELS:
                 raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
-            wanted = LEVELS[LEVELS.index(level) :]
-            where.append(f"level IN ({_placeholders(len(wanted))})")
-            args.extend(wanted)
+            # Spelled as the partial indexes are (sync_log_problems, sync_log_errors), so SQLite reads only the
+            # rows of that level, newest first, instead of every info row around them. The CHECK constraint
+            # on ``level`` makes these the same sets as "this level and more severe".
+            if level == "warning":
+                where.append("level != 'info'")
+            elif level == "error":
+                where.append("level = 'error'")
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
@@ -880,11 +1018,12 @@ class Store:
             ]
             return rows[::-1] if newest else rows
 
-        return await self._read(fn)
+        return await self._admin_read(fn)
 
     async def prune_log(self, older_than: float) -> int:
-        """Delete log rows with ``ts`` before ``older_than`` (retention by age); returns how many."""
-        return await self._write(lambda conn: conn.execute("DELETE FROM sync_log WHERE ts < ?", (older_than,)).rowcount)
+        """Delete log rows with ``ts`` before ``older_than`` (retention by age, in bounded steps); returns how many."""
+        return await self._prune_steps(
+            "DELETE FROM sync_log WHERE id IN (SELECT id FROM sync_log WHERE ts < ? LIMIT ?)", older_than)
 
     # ------------------------------------------------------------------ conflicts
 
@@ -907,7 +1046,7 @@ class Store:
                 )
             ]
 
-        return await self._read(fn)
+        return await self._admin_read(fn)
 
     async def resolve_conflicts(self, ids: Iterable[int]) -> int:
         """Mark open conflicts resolved now; returns how many were open and are now resolved."""
@@ -929,15 +1068,16 @@ class Store:
     # ------------------------------------------------------------------ key/value
 
     async def last_synced(self) -> dict[str, float]:
-        """When each binding last had a merge that wrote or moved its bases (for the CSV export)."""
+        """When each binding last had a merge that wrote or moved its bases (for the CSV export).
+
+        Kept per binding as log rows are written (``binding_synced``): one row per binding, never a scan of
+        the log, and still known after old log rows are pruned.
+        """
 
         def q(conn: sqlite3.Connection) -> dict[str, float]:
-            rows = conn.execute(
-                "SELECT binding_id, MAX(ts) FROM sync_log WHERE event IN ('merge', 'csv_set') GROUP BY binding_id"
-            ).fetchall()
-            return {str(b): float(t) for b, t in rows}
+            return {str(b): float(t) for b, t in conn.execute("SELECT binding_id, at FROM binding_synced")}
 
-        return await self._read(q)
+        return await self._admin_read(q)
 
     async def get_kv(self, key: str) -> str | None:
         def fn(conn: sqlite3.Connection) -> str | None:
@@ -1038,7 +1178,7 @@ class Store:
 
     async def list_emails(self, *, limit: int = 100) -> list[OutboxEmail]:
         """The newest outbox emails, sent or not, newest first (status and tests)."""
-        return await self._read(lambda conn: _outbox(conn, "", order="DESC", limit=limit))
+        return await self._admin_read(lambda conn: _outbox(conn, "", order="DESC", limit=limit))
 
     async def mark_email_sent(self, email_id: int) -> None:
         await self._write(

@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 
 from cloverwoo_daemon.config import Config, ConfigError, _read_secret
+from cloverwoo_daemon.io.logs import redact_also
 from cloverwoo_daemon.io.woocommerce import WooClient
 
 __all__ = ["TOPICS", "RegisterReport", "register_webhooks"]
@@ -85,10 +86,12 @@ async def register_webhooks(cfg: Config, woo: WooClient) -> RegisterReport:
                             secret_config_file=cfg.woocommerce.webhook_secret_file)
     secret = _configured_secret(cfg)
     state_file = Path(cfg.state.path).parent / "webhook_secret"
-    if secret:
+    fresh = not secret
+    secret = secret or _new_secret()
+    redact_also(secret)  # sent to WooCommerce below: an error quoting the request must not show it
+    if not fresh:
         report.secret_reused = True
     else:
-        secret = _new_secret()
         _write_private(state_file, secret)
         report.secret_state_file = str(state_file)
         target = cfg.woocommerce.webhook_secret_file

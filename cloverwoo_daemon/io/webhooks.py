@@ -13,9 +13,16 @@ Rules this module keeps:
   An unauthenticated body is never parsed beyond those shapes, so a hostile
   sender only ever costs a size-limited read and one regex.
 - 200 means durably stored: a delivery is acknowledged only after
-  ``intake.accept`` returned. ``accept`` is shielded from cancellation (a
-  client hanging up must not cut a store commit in half); it is bounded by
-  design, since it raises ``Overloaded`` instead of waiting for room.
+  ``intake.accept`` returned. The server does not shield ``accept``: the
+  intake shields its store commit itself (a client hanging up must not cut
+  it in half) and nothing else, and never waits for room in a queue
+  (``Overloaded`` instead, or a hand-off that does not block), so a
+  shutdown can always cancel a request that is still being answered.
+- One Clover delivery carries many entries: an entry the sync does not use
+  (a payment, a category) or cannot read is skipped, logged
+  (``clover_entry_skipped``, throttled like refusals) and counted, and the
+  rest of the delivery is stored and acknowledged; only a body that is not
+  a delivery at all is refused (400).
 - Back-pressure reaches the sender: ``Overloaded`` becomes 503 with
   ``Retry-After``; any other intake failure also becomes 503 (not stored, try
   again), logged with its error.
@@ -32,12 +39,13 @@ Rules this module keeps:
   ``webhook_refused_suppressed`` line with the count.
 
 Status codes: 200 stored or duplicate (the store dedups on the key), or ping,
-handshake, or a topic we ignore; 400 malformed; 401 authentication failed (or
-a handshake nobody expects); 405/404 wrong method or path; 408 body too slow;
-413 too large; 429 too many handshakes; 503 overloaded or not stored. Each
-delivery's outcome is also reported to ``on_received`` with a result from
-``io.metrics.EVENT_RESULTS`` (accepted and duplicate count events, every other
-result counts the delivery once; a refused handshake counts as rejected_auth).
+handshake, or a topic we ignore (a Clover delivery with entries skipped too);
+400 malformed; 401 authentication failed (or a handshake nobody expects);
+405/404 wrong method or path; 408 body too slow; 413 too large; 429 too many
+handshakes; 503 overloaded or not stored. Each delivery's outcome is also reported to ``on_received`` with a result from
+``io.metrics.EVENT_RESULTS`` (accepted and duplicate count events, skipped and
+unreadable count Clover entries, every other result counts the delivery once; a
+refused handshake counts as rejected_auth).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from cloverwoo_daemon.core.verification import VerificationGate
 from cloverwoo_daemon.core.webhook_parse import (
     CloverVerification,
     MalformedPayload,
+    SkippedEntry,
     WooDelivery,
     WooIgnored,
     WooPing,
@@ -89,7 +98,7 @@ METRICS_REFRESH_TIMEOUT = 2.0
 """Seconds ``before_metrics`` may take; past that the scrape is answered with the values it had."""
 _REFUSED = {400: "malformed", 401: "rejected_auth", 408: "timeout", 413: "too_large", 429: "rejected_auth"}
 REFUSALS_LOGGED = 5
-"""Refused deliveries logged per source and status each minute; the rest are counted in one line."""
+"""Refused deliveries (and skipped Clover entries, per kind of skip) logged each minute; the rest are counted."""
 REFUSAL_WINDOW = 60.0
 
 
@@ -101,6 +110,8 @@ class Intake(Protocol):
 
         Returns how many were new (None: not known, all are counted as accepted).
         Raises ``Overloaded`` when the queues are full; nothing is stored then.
+        Must protect its own commit from cancellation and wait for nothing else
+        (the server cancels a request that outlives the shutdown's grace).
         """
         ...
 
@@ -147,10 +158,12 @@ class _Metrics:
 
 @dataclass
 class _Outcome:
-    """What one delivery's events became (filled in by ``store``)."""
+    """What one delivery's events became (filled in by ``store``, and by the Clover route for skipped entries)."""
 
     accepted: int = 0
     duplicate: int = 0
+    skipped: int = 0  # Clover entries of a kind the sync does not use
+    unreadable: int = 0  # Clover entries whose shape could not be read
 
 
 class _Answer(Exception):
@@ -168,7 +181,10 @@ class _Answer(Exception):
 
 
 class _RefusalLog:
-    """``webhook_refused`` lines, throttled per (source, status); the counts left over are logged when due."""
+    """``webhook_refused`` and ``clover_entry_skipped`` lines, throttled per kind; the counts left are logged when due.
+
+    Keys: ``(source, status)`` for a refusal, ``("clover", "unused" | "unreadable")`` for a skipped entry.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.throttle = LogThrottle(limit=REFUSALS_LOGGED, window=REFUSAL_WINDOW)
@@ -184,9 +200,25 @@ class _RefusalLog:
                 fields["forwarded_for"] = forwarded[:100]
             log.warning("webhook_refused", **fields)
 
+    def skipped(self, entries: tuple[SkippedEntry, ...]) -> None:
+        """One line per skipped entry (an unused kind at info, an unreadable one at warning), throttled per kind."""
+        for e in entries:
+            what = "unused" if e.unused else "unreadable"
+            admitted, ended = self.throttle.admit(("clover", what), self.clock())
+            self._report(ended)
+            if admitted:
+                (log.info if e.unused else log.warning)(
+                    "clover_entry_skipped", merchant_id=e.merchant_id[:64], object_id=e.object_id, reason=e.reason,
+                    hint="the rest of the delivery was stored")
+
     def _report(self, counts: list[Suppressed]) -> None:
         for c in counts:
-            source, status = c.key  # type: ignore[misc]
+            key: tuple[str, int | str] = c.key  # type: ignore[assignment]
+            source, status = key
+            if isinstance(status, str):
+                log.warning("clover_entry_skipped_suppressed", skipped=status, suppressed=c.count,
+                            seconds=round(c.seconds, 1), hint="see cloverwoo_events_received_total in /metrics")
+                continue
             log.warning("webhook_refused_suppressed", source=source, status=status, suppressed=c.count,
                         seconds=round(c.seconds, 1), hint="see cloverwoo_webhook_deliveries in /metrics")
 
@@ -239,8 +271,7 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
         if not items:
             return
         try:
-            with trio.CancelScope(shield=True):
-                new = await deps.intake.accept(items)
+            new = await deps.intake.accept(items)
         except Overloaded as exc:
             retry = max(1, int(exc.retry_after))
             raise _Answer(503, "overloaded", {"Retry-After": str(retry)}) from None
@@ -253,23 +284,30 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
 
     async def clover(out: _Outcome) -> dict[str, Any]:
         body = await _read_body(deps.max_body_bytes)
+        received_ms = int(time.time() * 1000)
         if not verify_clover_auth(request.headers.get("X-Clover-Auth"), deps.clover_auth_code):
             if len(body) <= HANDSHAKE_MAX_BYTES:
                 try:
-                    parsed = parse_clover(body)
+                    parsed = parse_clover(body, received_ms=received_ms)
                 except MalformedPayload:
                     parsed = None
                 if isinstance(parsed, CloverVerification):
                     return verification(parsed.code, authenticated=False)
             raise _Answer(401, "authentication failed")
         try:
-            parsed = parse_clover(body)
+            parsed = parse_clover(body, received_ms=received_ms)
         except MalformedPayload as exc:
             raise _Answer(400, exc.reason) from None
         if isinstance(parsed, CloverVerification):
             return verification(parsed.code, authenticated=True)
         await store("clover", [(key, change) for key, change in parsed.items], out)
-        return {"ok": True, "events": len(parsed.items)}
+        answer: dict[str, Any] = {"ok": True, "events": len(parsed.items)}
+        if parsed.skipped:  # only once stored: a 503 above means the sender retries, and is logged then
+            out.skipped = sum(1 for e in parsed.skipped if e.unused)
+            out.unreadable = len(parsed.skipped) - out.skipped
+            refusals.skipped(parsed.skipped)
+            answer["skipped"] = len(parsed.skipped)
+        return answer
 
     def verification(code: str, *, authenticated: bool) -> dict[str, Any]:
         decision = deps.verification.offer(code, time.time(), authenticated=authenticated)
@@ -316,9 +354,10 @@ def create_app(deps: WebhookDeps) -> QuartTrio:
         if deps.on_received is None:
             return
         if status == 200:
-            counts = {"accepted": out.accepted, "duplicate": out.duplicate}
+            counts = {"accepted": out.accepted, "duplicate": out.duplicate, "skipped": out.skipped,
+                      "unreadable": out.unreadable}
             if not any(counts.values()):
-                counts = {"ignored": 1}  # ping, handshake, a topic we do not use
+                counts = {"ignored": 1}  # ping, handshake, a topic we do not use, an empty delivery
         else:
             counts = {_REFUSED.get(status) or ("overloaded" if error == "overloaded" else "failed"): 1}
         try:

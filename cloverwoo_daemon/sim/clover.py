@@ -29,10 +29,28 @@ against the real Clover, so the sim does it too):
   item's ``modifiedTime`` move, and webhooks ``O:<order> CREATE`` and
   ``I:<item> UPDATE`` go out. A refund restocks (configurable: real
   behaviour is undocumented) and sends ``O: UPDATE`` + ``I: UPDATE``.
-- Webhooks carry IDs only, are batched (events within
-  ``webhook_batch_window`` share one POST), carry ``X-Clover-Auth``, and
-  honour ``Faults`` (drop, delay, duplicate, off). Nothing is retried, as
-  Clover promises nothing.
+- Webhooks are batched (events within ``webhook_batch_window`` share one
+  POST), carry ``X-Clover-Auth``, and honour ``Faults`` (drop, delay,
+  duplicate, off). Nothing is retried, as Clover promises nothing.
+- Two webhook styles (``webhook_style``), because Clover is splitting its
+  inventory topic (its page "Upcoming changes to inventory webhooks",
+  updated 2026-09-28; the reference's section 1.6):
+  ``"legacy"``: ``I:<item> UPDATE`` for every item change, stock and
+  availability included, IDs only. ``"split"``: ``I`` only for the item's
+  own fields (created, deleted); a stock change sends ``IS:<item> UPDATE``
+  and an availability change ``IA:<item> UPDATE``, each with a "rich"
+  payload. Clover shows only the start of that payload (``{"objectId":
+  "IS:UUID_OF_ITEM", "type"...``), so the rest is this simulator's
+  assumption: the entry carries ``ts`` like every other entry (drop it with
+  ``new_events_ts=False``: whether Clover sends it is not known) and the
+  object it is about, as the REST API shows it: ``"itemStock"`` (the
+  ``GET item_stocks/{id}`` object) for ``IS``, ``"item"`` (``id``,
+  ``available``, ``autoManage``) for ``IA``. Which changes fire ``IS``:
+  Clover lists manual edits, ``POST item_stocks`` and stock falling below
+  the merchant's threshold; whether a sale's decrement does is not stated:
+  here it does (the daemon also learns of a sale from ``O:`` and the polls).
+  ``subscribed`` (event type keys) stands for the app's webhook
+  subscriptions: a key not in it is never sent.
 - Everything the tests and benchmarks need to *prove* something is counted:
   requests per merchant and endpoint, 429s, the highest arrival rate over
   any one-second window and the highest concurrency, per token and per app;
@@ -78,6 +96,7 @@ from cloverwoo_daemon.core.ratelimit import TokenBucket
 from cloverwoo_daemon.sim.common import FaultInjector, Faults, serve_app
 
 NESTED_LIMIT = 100  # expanded collections are truncated to this many elements
+WEBHOOK_STYLES = ("legacy", "split")  # before and after Clover split its inventory webhooks (module docstring)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
@@ -118,6 +137,7 @@ class SimItem:
     hidden: bool = False
     auto_manage: bool = False
     deleted: bool = False
+    unavailable: bool = False  # marked unavailable by the merchant (auto-managed stock at 0 is unavailable too)
 
 
 @dataclass
@@ -361,7 +381,12 @@ class CloverSim:
         webhook_batch_window: float = 0.005,
         emit_on_api_write: bool = True,
         refund_restocks: bool = True,
+        webhook_style: str = "legacy",
+        new_events_ts: bool = True,
+        subscribed: frozenset[str] | None = None,
     ) -> None:
+        if webhook_style not in WEBHOOK_STYLES:
+            raise ValueError(f"webhook_style must be one of {WEBHOOK_STYLES}, not {webhook_style!r}")
         self.app_id = app_id
         self.auth_code = auth_code or str(uuid.UUID(int=random.Random(seed).getrandbits(128)))
         self.injector = FaultInjector(faults)
@@ -372,6 +397,9 @@ class CloverSim:
         self.webhook_batch_window = webhook_batch_window
         self.emit_on_api_write = emit_on_api_write
         self.refund_restocks = refund_restocks
+        self.webhook_style = webhook_style  # "legacy" (I for everything) | "split" (I, IS, IA)
+        self.new_events_ts = new_events_ts  # whether IS and IA entries carry "ts"
+        self.subscribed = subscribed  # event type keys sent (None: all)
         self.merchants: dict[str, SimMerchant] = {}
         self._tokens: dict[str, str] = {}  # token -> merchant id
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()  # (mId, "GET items") -> n
@@ -506,18 +534,55 @@ class CloverSim:
     def stock(self, mid: str, item_id: str) -> float | None:
         return self._item(mid, item_id).quantity
 
-    def _set_quantity(self, m: SimMerchant, it: SimItem, quantity: float | None) -> None:
+    @staticmethod
+    def _available(m: SimMerchant, it: SimItem) -> bool:
+        return not it.unavailable and not (it.auto_manage and m.track_stock and (it.quantity or 0) <= 0)
+
+    def _set_quantity(self, m: SimMerchant, it: SimItem, quantity: float | None) -> bool:
+        """Set the stock; returns whether the item was available before (for the availability event)."""
+        was_available = self._available(m, it)
         now = self.now_ms()
         it.quantity = quantity
         it.stock_modified = now
         it.modified = now
+        return was_available
+
+    def _stock_changed(self, m: SimMerchant, it: SimItem, was_available: bool) -> None:
+        """The webhooks of a stock change, in the current style."""
+        if self.webhook_style == "legacy":
+            self._emit(m.id, "I", it.id, "UPDATE")
+            return
+        stock = self._stock_json(it) if it.quantity is not None else None
+        self._emit(m.id, "IS", it.id, "UPDATE", itemStock=stock)
+        if self._available(m, it) != was_available:
+            self._availability_changed(m, it)
+
+    def _availability_changed(self, m: SimMerchant, it: SimItem) -> None:
+        if self.webhook_style == "legacy":
+            self._emit(m.id, "I", it.id, "UPDATE")
+            return
+        self._emit(m.id, "IA", it.id, "UPDATE",
+                   item={"id": it.id, "available": self._available(m, it), "autoManage": it.auto_manage})
 
     def adjust(self, mid: str, item_id: str, quantity: float | None) -> None:
-        """A manual recount on the dashboard (absolute; None removes the stock record). Emits ``I: UPDATE``."""
+        """A manual recount on the dashboard (absolute; None removes the stock record).
+
+        Emits ``I: UPDATE`` (legacy) or ``IS: UPDATE`` (split; and ``IA`` if the availability flipped).
+        """
         m = self._merchant(mid)
         it = self._item(mid, item_id)
-        self._set_quantity(m, it, None if quantity is None else float(quantity))
-        self._emit(mid, "I", item_id, "UPDATE")
+        was = self._set_quantity(m, it, None if quantity is None else float(quantity))
+        self._stock_changed(m, it, was)
+
+    def set_available(self, mid: str, item_id: str, available: bool) -> None:
+        """The merchant marks the item (un)available. Emits ``I: UPDATE`` (legacy) or ``IA: UPDATE`` (split)."""
+        m = self._merchant(mid)
+        it = self._item(mid, item_id)
+        was = self._available(m, it)
+        it.unavailable = not available
+        it.modified = self.now_ms()
+        if self._available(m, it) != was:
+            self._availability_changed(m, it)
 
     def delete_item(self, mid: str, item_id: str) -> None:
         """Deletes the item (it then 404s and leaves the lists). Emits ``I: DELETE``."""
@@ -557,8 +622,8 @@ class CloverSim:
         if paid and m.track_stock and m.update_stock:
             for it, n in sold.values():
                 if it.quantity is not None:
-                    self._set_quantity(m, it, it.quantity - n)
-                    self._emit(mid, "I", it.id, "UPDATE")
+                    was = self._set_quantity(m, it, it.quantity - n)
+                    self._stock_changed(m, it, was)
         return oid
 
     def refund(self, mid: str, order_id: str) -> None:
@@ -586,8 +651,8 @@ class CloverSim:
             for iid, n in back.items():
                 it = m.items.get(iid)
                 if it is not None and not it.deleted and it.quantity is not None:
-                    self._set_quantity(m, it, it.quantity + n)
-                    self._emit(mid, "I", iid, "UPDATE")
+                    was = self._set_quantity(m, it, it.quantity + n)
+                    self._stock_changed(m, it, was)
 
     # ---------------------------------------------------------------- stats
 
@@ -610,10 +675,17 @@ class CloverSim:
 
     # ---------------------------------------------------------------- webhooks
 
-    def _emit(self, mid: str, kind: str, object_id: str, type_: str) -> None:
+    def _emit(self, mid: str, kind: str, object_id: str, type_: str, **rich: Any) -> None:
+        """Queue one entry; ``rich`` is the payload of Clover's newer events (see the module docstring)."""
         if not self.faults.webhooks_enabled:
             return
-        self._pending.append((mid, {"objectId": f"{kind}:{object_id}", "type": type_, "ts": self.now_ms()}))
+        if self.subscribed is not None and kind not in self.subscribed:
+            return
+        entry: dict[str, Any] = {"objectId": f"{kind}:{object_id}", "type": type_, "ts": self.now_ms()}
+        if kind in ("IS", "IA") and not self.new_events_ts:
+            del entry["ts"]
+        entry.update({k: v for k, v in rich.items() if v is not None})
+        self._pending.append((mid, entry))
         self._wake.set()
 
     def set_webhook_url(self, url: str | None) -> None:
@@ -871,9 +943,9 @@ class CloverSim:
                 if it.quantity is not None and it.quantity != read:
                     sim.stock_overwrites.append(StockOverwrite(m.id, it.id, read, it.quantity, float(quantity),
                                                                it.quantity - read, window, time.time()))
-            sim._set_quantity(m, it, float(quantity))
+            was = sim._set_quantity(m, it, float(quantity))
             if sim.emit_on_api_write:
-                sim._emit(m.id, "I", it.id, "UPDATE")
+                sim._stock_changed(m, it, was)
             return _json({"item": {"id": it.id}, "stockCount": round_half_up(float(quantity)),
                           "quantity": float(quantity)})
 
@@ -934,7 +1006,7 @@ class CloverSim:
                 "modifiedTime": it.stock_modified}
 
     def _item_json(self, m: SimMerchant, it: SimItem, expand: set[str]) -> dict[str, Any]:
-        available = not (it.auto_manage and m.track_stock and (it.quantity or 0) <= 0)
+        available = self._available(m, it)
         d: dict[str, Any] = {
             "id": it.id, "hidden": it.hidden, "available": available, "autoManage": it.auto_manage,
             "name": it.name, "alternateName": "", "price": it.price, "priceType": it.price_type,
@@ -1047,6 +1119,21 @@ class CloverSim:
             q = b.get("quantity")
             sim.adjust(mid, item_id, None if q is None else float(q))
             return {"id": item_id, "quantity": sim.stock(mid, item_id)}
+
+        @admin("/merchants/<mid>/items/<item_id>/available")
+        async def set_available(mid: str, item_id: str) -> Any:
+            b = await body()
+            sim.set_available(mid, item_id, bool(b.get("available", True)))
+            return {"id": item_id, "available": not sim._item(mid, item_id).unavailable}
+
+        @admin("/webhook_style")
+        async def webhook_style() -> Any:
+            b = await body()
+            style = str(b.get("style", ""))
+            if style not in WEBHOOK_STYLES:
+                raise _BadRequest(f"style must be one of {', '.join(WEBHOOK_STYLES)}")
+            sim.webhook_style = style
+            return {"style": sim.webhook_style}
 
         @admin("/merchants/<mid>/sales")
         async def sale(mid: str) -> Any:

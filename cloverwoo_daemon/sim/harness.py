@@ -163,6 +163,7 @@ async def start_world(
     clover_limits: RateLimits | None = None,
     seed: int = 0,
     woo_companion: bool = False,
+    clover_webhooks: str = "legacy",
     **config: object,
 ) -> World:
     """Start both simulators in ``nursery`` and seed them with products that match by SKU.
@@ -171,10 +172,13 @@ async def start_world(
     total), so a sync that works writes nothing until something sells.
     ``clover_limits`` replaces Clover's documented rate limits (tests tighten them).
     ``woo_companion`` serves the WordPress companion's routes in the WooCommerce simulator.
+    ``clover_webhooks`` is the simulated Clover's webhook style: ``"legacy"`` (``I:`` for every stock
+    change) or ``"split"`` (``IS:``/``IA:``, as Clover announced; ``sim.clover``'s docstring).
     """
     world_dir.mkdir(parents=True, exist_ok=True)
     auth_code = pysecrets.token_hex(16)
-    clover = CloverSim(auth_code=auth_code, faults=clover_faults, limits=clover_limits, seed=seed)
+    clover = CloverSim(auth_code=auth_code, faults=clover_faults, limits=clover_limits, seed=seed,
+                       webhook_style=clover_webhooks)
     woo = WooSim.realistic(faults=woo_faults) if realistic else WooSim(faults=woo_faults)
     woo.companion = woo_companion  # the WordPress companion's routes (exactly-once stock changes)
     clover_url = await nursery.start(clover.run)
@@ -217,14 +221,15 @@ async def start_world(
     return world
 
 
-def serve_simulators(listen: str, *, products: int, locations: int, realistic: bool) -> int:
+def serve_simulators(listen: str, *, products: int, locations: int, realistic: bool,
+                     clover_webhooks: str = "legacy") -> int:
     """``cloverwoo simulate``: serve the simulators and write a config that points a daemon at them."""
     host, _, port = listen.rpartition(":")
 
     async def main() -> None:
         world_dir = Path(tempfile.mkdtemp(prefix="cloverwoo-sim-"))
         async with trio.open_nursery() as n:
-            clover = CloverSim(auth_code=pysecrets.token_hex(16))
+            clover = CloverSim(auth_code=pysecrets.token_hex(16), webhook_style=clover_webhooks)
             woo = WooSim.realistic() if realistic else WooSim()
             clover_url = await n.start(lambda task_status: clover.run(host=host, port=int(port),
                                                                       task_status=task_status))

@@ -750,22 +750,24 @@ class WooSim:
         holder.stock_quantity = (before or 0) + delta
         self._saved(holder, source=source, stock_before=before)
 
-    def _product(self, pid: int) -> _Product:
+    def _product(self, pid: int, status: int = 404) -> _Product:
+        """A missing id is 404 to a read or a delete, 400 to an update (WooCommerce's own split)."""
         p = self._products.get(pid)
         if p is None:
-            raise ApiError(400, "woocommerce_rest_product_invalid_id", "Invalid ID.")
+            raise ApiError(status, "woocommerce_rest_product_invalid_id", "Invalid ID.")
         return p
 
     def _variation(self, pid: int, vid: int) -> _Product:
         v = self._products.get(vid)
         if v is None or v.type != "variation" or v.parent_id != pid:
-            raise ApiError(400, "woocommerce_rest_product_variation_invalid_id", "Invalid ID.")
+            raise ApiError(404, "woocommerce_rest_product_variation_invalid_id", "Invalid ID.")
         return v
 
-    def _order(self, oid: int) -> _Order:
+    def _order(self, oid: int, status: int = 404) -> _Order:
         o = self._orders.get(oid)
         if o is None:
-            raise ApiError(400, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+            message = "Invalid ID." if status == 404 else "ID is invalid."
+            raise ApiError(status, "woocommerce_rest_shop_order_invalid_id", message)
         return o
 
     # Orders ------------------------------------------------------------
@@ -884,7 +886,8 @@ class WooSim:
             "manage_stock": p.manage_stock, "stock_quantity": p.stock_quantity if p.manage_stock else None,
             "stock_status": p.stock_status, "backorders": p.backorders,
             "backorders_allowed": p.backorders != "no",
-            "backordered": bool(p.manage_stock and (p.stock_quantity or 0) < 0 and p.backorders != "no"),
+            "backordered": p.stock_status == "onbackorder" or bool(
+                p.manage_stock and (p.stock_quantity or 0) < 0 and p.backorders != "no"),
             "low_stock_amount": p.low_stock_amount, "sold_individually": False, "weight": "",
             "parent_id": p.parent_id, "categories": [], "tags": [], "images": [],
             "attributes": [dict(a) for a in p.attributes], "default_attributes": [],
@@ -899,7 +902,8 @@ class WooSim:
         if not v.manage_stock and parent is not None and parent.manage_stock:
             manage = "parent"
         return {
-            "id": v.id, "name": v.name, "type": "variation", "parent_id": v.parent_id,
+            "id": v.id, "name": ", ".join(str(a.get("option", "")) for a in v.attributes), "type": "variation",
+            "parent_id": v.parent_id,
             "date_created": _fmt(v.created), "date_created_gmt": _fmt(v.created),
             "date_modified": _fmt(v.modified), "date_modified_gmt": _fmt(v.modified),
             "description": "", "permalink": f"{self.base_url}/?p={v.parent_id}&variation={v.id}",
@@ -908,7 +912,8 @@ class WooSim:
             "tax_status": "taxable", "tax_class": "", "manage_stock": manage,
             "stock_quantity": v.stock_quantity if v.manage_stock else None, "stock_status": v.stock_status,
             "backorders": v.backorders, "backorders_allowed": v.backorders != "no",
-            "backordered": bool(v.manage_stock and (v.stock_quantity or 0) < 0 and v.backorders != "no"),
+            "backordered": v.stock_status == "onbackorder" or bool(
+                v.manage_stock and (v.stock_quantity or 0) < 0 and v.backorders != "no"),
             "low_stock_amount": v.low_stock_amount, "weight": "",
             "attributes": [dict(a) for a in v.attributes], "menu_order": 0, "meta_data": self._meta_json(v),
             "_links": self._links(f"/products/{v.parent_id}/variations/{v.id}"),
@@ -1125,7 +1130,13 @@ class WooSim:
     # HTTP layer
 
     def _authenticate(self) -> None:
-        """``WC_REST_Authentication``: Basic/query keys over HTTPS, OAuth 1.0a over HTTP; then permissions."""
+        """``WC_REST_Authentication``: Basic/query keys when HTTPS, then OAuth 1.0a; then permissions.
+
+        Over HTTPS a Basic key that does not exist is no key at all (no error of
+        its own), and OAuth is still tried after Basic found nobody, signed
+        against the ``https://`` URL. Without credentials the route's own
+        permission check answers (``_unauthenticated``).
+        """
         args = request.args
         key: _Key | None = None
         if self.https:
@@ -1134,22 +1145,36 @@ class WooSim:
                 auth = request.authorization
                 if auth is not None and auth.type == "basic":
                     ck, cs = auth.username, auth.password
-            if ck:
-                key = self._keys.get(ck)
-                if key is None:
-                    raise ApiError(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.")
-                if not hmac.compare_digest(key.secret, cs or ""):
+            found = self._keys.get(ck) if ck and cs else None
+            if found is not None:
+                if not hmac.compare_digest(found.secret, cs or ""):
                     raise ApiError(401, "woocommerce_rest_authentication_error", "Consumer secret is invalid.")
-        else:
+                key = found
+        if key is None:
             key = self._authenticate_oauth()
         if key is None:
-            if request.method in ("GET", "HEAD"):
-                raise ApiError(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
-            raise ApiError(401, "woocommerce_rest_cannot_edit", "Sorry, you are not allowed to edit this resource.")
+            raise self._unauthenticated()
         needs = "read" if request.method in ("GET", "HEAD") else "write"
         if key.permission not in (needs, "read_write"):
             raise ApiError(401, "woocommerce_rest_authentication_error",
                            f"The API key provided does not have {needs} permissions.")
+
+    def _unauthenticated(self) -> ApiError:
+        """What a route's permission check answers a request without a user, by the route and the method."""
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        single = rule.endswith(">") and "/settings/" not in rule  # settings say "list" even for one
+        if rule.endswith("/batch"):
+            return ApiError(401, "woocommerce_rest_cannot_batch",
+                            "Sorry, you are not allowed to batch manipulate this resource.")
+        if request.method in ("GET", "HEAD"):
+            return ApiError(401, "woocommerce_rest_cannot_view",
+                            "Sorry, you cannot view this resource." if single else "Sorry, you cannot list resources.")
+        if request.method == "DELETE":
+            return ApiError(401, "woocommerce_rest_cannot_delete",
+                            "Sorry, you are not allowed to delete this resource.")
+        if single:
+            return ApiError(401, "woocommerce_rest_cannot_edit", "Sorry, you are not allowed to edit this resource.")
+        return ApiError(401, "woocommerce_rest_cannot_create", "Sorry, you are not allowed to create resources.")
 
     def _authenticate_oauth(self) -> _Key | None:
         params = {k: v for k, v in request.args.items()}
@@ -1173,7 +1198,10 @@ class WooSim:
             raise ApiError(401, "woocommerce_rest_authentication_error",
                            "Invalid signature - signature method is invalid.")
         params["oauth_signature"] = params["oauth_signature"].replace(" ", "+")
-        if not oauth1.verify(request.method, self.base_url + request.path, params, key.secret):
+        url = self.base_url + request.path
+        if self.https:  # get_home_url(..., is_ssl() ? 'https' : 'http')
+            url = "https://" + url.split("://", 1)[1]
+        if not oauth1.verify(request.method, url, params, key.secret):
             raise ApiError(401, "woocommerce_rest_authentication_error",
                            "Invalid signature - provided signature does not match.")
         ts, now = _intval(params["oauth_timestamp"]), self._now()
@@ -1200,10 +1228,7 @@ class WooSim:
         per, page = int(float(per_page)), int(float(page_arg))
         total = len(items)
         pages = math.ceil(total / per) if total else 0
-        if total and page > pages:
-            raise ApiError(400, "rest_post_invalid_page_number",
-                           "The page number requested is larger than the number of pages available.")
-        chunk = items[(page - 1) * per : page * per]
+        chunk = items[(page - 1) * per : page * per]  # a page past the last is an empty 200
         if render is not None:
             chunk = [render(x) for x in chunk]
         fields = _requested_fields(args)
@@ -1213,8 +1238,9 @@ class WooSim:
         links = []
         rest = [(k, v) for k, v in args.items(multi=True) if k not in ("page", "consumer_key", "consumer_secret")
                 and not k.startswith("oauth_")]
-        if page > 1:
-            links.append(f'<{self.api_url}{path}?{urlencode(rest + [("page", str(page - 1))])}>; rel="prev"')
+        if page > 1 and pages:
+            prev = min(page - 1, pages)
+            links.append(f'<{self.api_url}{path}?{urlencode(rest + [("page", str(prev))])}>; rel="prev"')
         if page < pages:
             links.append(f'<{self.api_url}{path}?{urlencode(rest + [("page", str(page + 1))])}>; rel="next"')
         if links:
@@ -1293,7 +1319,7 @@ class WooSim:
     async def _batch(
         self, body: dict[str, Any], *, create: Callable[[dict[str, Any]], _Product],
         lookup: Callable[[int], _Product], render: Callable[[_Product], dict[str, Any]],
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | list[Any]:
         ops = {k: list(body.get(k) or []) for k in ("create", "update", "delete")}
         if sum(len(v) for v in ops.values()) > BATCH_LIMIT:
             raise ApiError(413, "woocommerce_rest_request_entity_too_large",
@@ -1328,7 +1354,7 @@ class WooSim:
                     out["delete"].append(rendered)
                 except ApiError as exc:
                     out["delete"].append({"id": item_id, "error": exc.body()})
-        return out
+        return out or []  # PHP's empty array()
 
     def _delete(self, p: _Product) -> None:
         """A forced delete: gone for good (no product.deleted: that hook is wp_trash_post only)."""
@@ -1342,8 +1368,8 @@ class WooSim:
         if self._products.pop(p.id, None) is not None:
             self._unindex_sku(p)
 
-    def _product_for_write(self, pid: int) -> _Product:
-        p = self._product(pid)
+    def _product_for_write(self, pid: int, status: int = 400) -> _Product:
+        p = self._product(pid, status)
         if p.type == "variation":
             raise ApiError(404, "woocommerce_rest_invalid_product_id",
                            "To manipulate product variations you should use the "
@@ -1370,11 +1396,9 @@ class WooSim:
             try:
                 sim._authenticate()
             except ApiError as exc:
-                headers = {}
-                if sim.https and exc.code == "woocommerce_rest_authentication_error":
-                    headers["WWW-Authenticate"] = 'Basic realm="WooCommerce API. Use a consumer key in the username ' \
-                                                  'field and a consumer secret in the password field"'
-                return _json(exc.body(), exc.status, headers)
+                # no WWW-Authenticate: WooCommerce adds it only while its auth method is still "basic_auth",
+                # and the OAuth attempt after a failed Basic one has changed it
+                return _json(exc.body(), exc.status)
             if not sim.async_webhooks:
                 _SCOPE.set([])
             return None
@@ -1430,7 +1454,7 @@ class WooSim:
         @app.route(f"{API}/products/<int:pid>", methods=["GET"])
         async def get_product(pid: int) -> Response:
             await sim._sleep(sim.latency.get_one)
-            return _json(sim._product_json(sim._product(pid)))
+            return _one(sim._product_json(sim._product(pid)))
 
         @app.route(f"{API}/products/<int:pid>", methods=["PUT", "PATCH", "POST"])
         async def put_product(pid: int) -> Response:
@@ -1439,17 +1463,16 @@ class WooSim:
             sim._validate_update(body)
             await sim._sleep(sim.latency.put - sim.write_window)
             await sim._rest_update(p, body, source="rest", window=sim.write_window)
-            return _json(sim._product_json(p))
+            return _one(sim._product_json(p))
 
         @app.route(f"{API}/products/<int:pid>", methods=["DELETE"])
         async def delete_product(pid: int) -> Response:
-            p = sim._product_for_write(pid)
-            rendered = sim._product_json(p)
+            p = sim._product_for_write(pid, 404)
+            rendered = sim._product_json(p)  # prepared before the delete: a trashed product still says "publish"
             if _as_bool(request.args.get("force", "false")):
                 sim._delete(p)
             else:
                 sim.trash_product(p.id)
-                rendered = sim._product_json(p)
             return _json(rendered)
 
         @app.route(f"{API}/products/batch", methods=["POST", "PUT", "PATCH"])
@@ -1463,8 +1486,8 @@ class WooSim:
         @app.route(f"{API}/products/<int:pid>/variations", methods=["GET"])
         async def list_variations(pid: int) -> Response:
             await sim._sleep(sim.latency.list_page)
-            parent = sim._product(pid)
-            items = [sim._products[v] for v in parent.variations if v in sim._products]
+            parent = sim._products.get(pid)  # a missing parent lists nothing (200 [])
+            items = [sim._products[v] for v in parent.variations if v in sim._products] if parent else []
             return sim._paginate(sim._filter_sort(items), render=sim._variation_json, path=
                                  f"/products/{pid}/variations")
 
@@ -1477,7 +1500,7 @@ class WooSim:
         @app.route(f"{API}/products/<int:pid>/variations/<int:vid>", methods=["GET"])
         async def get_variation(pid: int, vid: int) -> Response:
             await sim._sleep(sim.latency.get_one)
-            return _json(sim._variation_json(sim._variation(pid, vid)))
+            return _one(sim._variation_json(sim._variation(pid, vid)))
 
         @app.route(f"{API}/products/<int:pid>/variations/<int:vid>", methods=["PUT", "PATCH", "POST"])
         async def put_variation(pid: int, vid: int) -> Response:
@@ -1486,14 +1509,20 @@ class WooSim:
             sim._validate_update(body)
             await sim._sleep(sim.latency.put - sim.write_window)
             await sim._rest_update(v, body, source="rest", window=sim.write_window)
-            return _json(sim._variation_json(v))
+            return _one(sim._variation_json(v))
 
         @app.route(f"{API}/products/<int:pid>/variations/batch", methods=["POST", "PUT", "PATCH"])
         async def variations_batch(pid: int) -> Response:
             body = await sim._body()
-            parent = sim._product(pid)
-            return _json(await sim._batch(body, create=partial(sim._create_variation, parent),
-                                          lookup=partial(sim._variation, pid), render=sim._variation_json))
+            parent = sim._products.get(pid)
+
+            def create(item: dict[str, Any]) -> _Product:
+                if parent is None:  # WooCommerce answers items under a missing parent one by one
+                    raise ApiError(404, "woocommerce_rest_product_variation_invalid_id", "Invalid ID.")
+                return sim._create_variation(parent, item)
+
+            return _json(await sim._batch(body, create=create, lookup=partial(sim._variation, pid),
+                                          render=sim._variation_json))
 
         @app.route(f"{API}/variations", methods=["GET"])
         async def all_variations() -> Response:
@@ -1533,12 +1562,12 @@ class WooSim:
         @app.route(f"{API}/orders/<int:oid>", methods=["GET"])
         async def get_order(oid: int) -> Response:
             await sim._sleep(sim.latency.get_one)
-            return _json(sim._order_json(sim._order(oid)))
+            return _one(sim._order_json(sim._order(oid)))
 
         @app.route(f"{API}/orders/<int:oid>", methods=["PUT", "PATCH", "POST"])
         async def put_order(oid: int) -> Response:
             await sim._sleep(sim.latency.other)
-            order = sim._order(oid)
+            order = sim._order(oid, 400)
             sim._update_order(order, await sim._body())
             return _json(sim._order_json(order))
 
@@ -1577,10 +1606,10 @@ class WooSim:
             hooks = [w for w in sim._webhooks.values() if status == "all" or w.status == status]
             return sim._paginate([sim._webhook_json(w) for w in sorted(hooks, key=lambda w: w.id)], "/webhooks")
 
-        def _hook(wid: int) -> _Webhook:
+        def _hook(wid: int, status: int = 404) -> _Webhook:
             wh = sim._webhooks.get(wid)
             if wh is None:
-                raise ApiError(404, "woocommerce_rest_shop_webhook_invalid_id", "Invalid ID.")
+                raise ApiError(status, "woocommerce_rest_shop_webhook_invalid_id", "ID is invalid.")
             return wh
 
         @app.route(f"{API}/webhooks/<int:wid>", methods=["GET"])
@@ -1589,14 +1618,12 @@ class WooSim:
 
         @app.route(f"{API}/webhooks/<int:wid>", methods=["PUT", "PATCH", "POST"])
         async def put_webhook(wid: int) -> Response:
-            wh = _hook(wid)
+            wh = _hook(wid, 400)
             body = await sim._body()
             if body.get("status") is not None:
                 if body["status"] not in ("active", "paused", "disabled"):
                     raise _invalid_param("status", "status is not one of active, paused, and disabled.")
-                wh.status = body["status"]
-                if wh.status == "active":
-                    wh.failure_count = 0
+                wh.status = body["status"]  # the failure count stays: only a successful delivery resets it
             url_changed = "delivery_url" in body and body["delivery_url"] != wh.delivery_url
             for name in ("name", "delivery_url", "secret", "topic"):
                 if body.get(name):
@@ -1764,6 +1791,14 @@ def _requested_fields(args: Any) -> set[str] | None:
     if not raw:
         return None
     return {part.strip().split(".", 1)[0] for value in raw for part in value.split(",") if part.strip()}
+
+
+def _one(data: dict[str, Any], status: int = 200) -> Response:
+    """One object's answer; ``_fields`` trims it as it trims lists, but ``_links`` stay."""
+    fields = _requested_fields(request.args)
+    if fields is not None:
+        data = {k: v for k, v in data.items() if k in fields or k == "_links"}
+    return _json(data, status)
 
 
 def _ref_arg(text: str) -> WooRef | int | str:

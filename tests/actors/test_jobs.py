@@ -166,3 +166,22 @@ async def test_a_job_that_crashes_does_not_take_the_runner_down() -> None:
         await wait_until(lambda: rig.jobs.last["reconcile"].started_at > rig.jobs.last["import"].started_at,
                          "the next reconcile")
         finish()
+
+
+async def test_a_job_cut_short_by_a_shutdown_is_not_a_failed_job(autojump_clock: trio.testing.MockClock) -> None:
+    """A shutdown cancels a job while it reads both catalogues in a nursery, so the cancellation arrives as a
+    group of them: that is not a failure (nothing is recorded as the last job), and no ``job_failed`` is logged."""
+    from structlog.testing import capture_logs
+
+    rig = Rig()
+
+    async def slow_list(**kw: Any) -> list[Any]:
+        await trio.sleep(60)
+        return []
+
+    rig.woo.list_items = slow_list  # type: ignore[method-assign]
+    rig.clover.list_items = slow_list  # type: ignore[method-assign]
+    with capture_logs() as logs, trio.move_on_after(5):
+        await rig.jobs.reconcile(dry_run=False)
+    assert [e for e in logs if e["event"] == "job_failed"] == []
+    assert "reconcile" not in rig.jobs.last and rig.jobs.current is None and not rig.lock_held()

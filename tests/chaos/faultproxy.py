@@ -274,7 +274,11 @@ class FaultProxy:
             data = json.loads(content)
         except ValueError:
             return content
-        done = list(data.get("update") or []) if isinstance(data, dict) else []
+        if data == []:  # every item was removed: WooCommerce answers an empty batch with PHP's empty array
+            data = {}
+        if not isinstance(data, dict):
+            return content
+        done = list(data.get("update") or [])
         out: list[object] = []
         where = dict(failed)
         for i in range(len(done) + len(failed)):

@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from cloverwoo_daemon.core.model import WooRef
 from cloverwoo_daemon.core.webhook_parse import (
+    CLOVER_ITEM_KINDS,
+    CLOVER_ORDER_KINDS,
     MAX_DEPTH,
     CloverDelivery,
     CloverVerification,
     MalformedPayload,
+    SkippedEntry,
     WooDelivery,
     WooIgnored,
     WooPing,
@@ -26,6 +29,7 @@ from cloverwoo_daemon.core.webhook_parse import (
 from cloverwoo_daemon.messages import CloverChange, WooChange
 
 FUZZ_SCALE = max(1, int(os.environ.get("CLOVERWOO_FUZZ_SCALE", "1")))  # multiplies the fuzz examples
+RX = 1_790_000_000_000  # when a test body "arrived" (unix ms)
 
 CLOVER_SAMPLE = {
     "appId": "DRKVJT2ZRRRSC",
@@ -60,18 +64,47 @@ def enc(obj: object) -> bytes:
 
 
 def test_clover_sample_payload() -> None:
-    parsed = parse_clover(enc(CLOVER_SAMPLE))
+    parsed = parse_clover(enc(CLOVER_SAMPLE), received_ms=RX)
     assert isinstance(parsed, CloverDelivery)
     assert parsed.app_id == "DRKVJT2ZRRRSC"
     changes = [c for _, c in parsed.items]
     assert changes == [
         CloverChange("XYZVJT2ZRRRSC", "O", "GHIVJT2ABCRSC", "CREATE", 1537970958000),
         CloverChange("XYZVJT2ZRRRSC", "I", "ABCVJTABCRRSC", "UPDATE", 1536156558000),
-        CloverChange("MNOVJT2ZRRRSC", "IC", "X:Y", "DELETE", 1),  # split on the first ':' only
     ]
     keys = [k for k, _ in parsed.items]
     assert keys[1] == '["clover","XYZVJT2ZRRRSC","I:ABCVJTABCRRSC","UPDATE",1536156558000]'
-    assert len(set(keys)) == 3
+    assert len(set(keys)) == 2
+    # a category event is not used for stock: skipped (and said so), not stored
+    assert parsed.skipped == (SkippedEntry("MNOVJT2ZRRRSC", "IC:X:Y", "event type 'IC' is not used for stock",
+                                           unused=True),)
+
+
+def test_clover_new_stock_events_are_used_like_inventory_events() -> None:
+    """Clover's split of the inventory topic: ``IS`` (item stock) and ``IA`` (availability) name an item as ``I``
+    does. Their rich payload (the stock figures) is tolerated and never read; an entry without ``ts`` is dated by
+    its arrival, so two of them arriving apart keep apart in the dedup window."""
+    body = {"appId": "A", "merchants": {"M": [
+        {"objectId": "IS:ITEM1", "type": "UPDATE", "ts": 1790000000123,
+         "itemStock": {"item": {"id": "ITEM1"}, "quantity": 4.0, "modifiedTime": 1790000000120}},
+        {"objectId": "IA:ITEM2", "type": "UPDATE", "item": {"id": "ITEM2", "available": False}},
+        {"objectId": "IS:ITEM3"},
+    ]}}
+    parsed = parse_clover(enc(body), received_ms=RX)
+    assert isinstance(parsed, CloverDelivery) and parsed.skipped == ()
+    assert [c for _, c in parsed.items] == [
+        CloverChange("M", "IS", "ITEM1", "UPDATE", 1790000000123),
+        CloverChange("M", "IA", "ITEM2", "UPDATE", RX),
+        CloverChange("M", "IS", "ITEM3", "", RX),
+    ]
+    keys = [json.loads(k) for k, _ in parsed.items]
+    assert keys == [["clover", "M", "IS:ITEM1", "UPDATE", 1790000000123],
+                    ["clover", "M", "IA:ITEM2", "UPDATE", None, RX],
+                    ["clover", "M", "IS:ITEM3", "", None, RX]]
+    later = parse_clover(enc(body), received_ms=RX + 1)
+    assert isinstance(later, CloverDelivery)
+    assert later.items[0][0] == parsed.items[0][0]  # dated by Clover: a redelivery is a duplicate
+    assert later.items[1][0] != parsed.items[1][0]  # dated by arrival: another change, kept
 
 
 def test_clover_dedup_key_is_stable_and_discriminating() -> None:
@@ -79,19 +112,19 @@ def test_clover_dedup_key_is_stable_and_discriminating() -> None:
     again = {"merchants": {"M": [{"ts": 5, "type": "UPDATE", "objectId": "I:1"}]}, "appId": "B"}
     later = {"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 6}]}}
     other_merchant = {"appId": "A", "merchants": {"N": [{"objectId": "I:1", "type": "UPDATE", "ts": 5}]}}
-    key = lambda body: parse_clover(enc(body)).items[0][0]  # noqa: E731
+    key = lambda body: parse_clover(enc(body), received_ms=RX).items[0][0]  # noqa: E731
     assert key(one) == key(again)
     assert len({key(one), key(later), key(other_merchant)}) == 3
 
 
 def test_clover_tolerates_unknown_fields_and_empty_lists() -> None:
-    parsed = parse_clover(enc({"appId": "A", "merchants": {"M": []}, "future": {"x": [1]}}))
+    parsed = parse_clover(enc({"appId": "A", "merchants": {"M": []}, "future": {"x": [1]}}), received_ms=RX)
     assert parsed == CloverDelivery(app_id="A", items=())
 
 
 def test_clover_verification_handshake_is_exact() -> None:
     code = "5220ecf5-7dea-4396-b0ba-a1659c182887"
-    assert parse_clover(enc({"verificationCode": code})) == CloverVerification(code)
+    assert parse_clover(enc({"verificationCode": code}), received_ms=RX) == CloverVerification(code)
     # Anything more than the one key is not a handshake, and not a delivery either.
     for body in (
         {"verificationCode": code, "merchants": {}},
@@ -102,7 +135,7 @@ def test_clover_verification_handshake_is_exact() -> None:
         {"verificationCode": "x" * 129},
     ):
         with pytest.raises(MalformedPayload):
-            parse_clover(enc(body))
+            parse_clover(enc(body), received_ms=RX)
 
 
 @pytest.mark.parametrize(
@@ -114,24 +147,123 @@ def test_clover_verification_handshake_is_exact() -> None:
         b"{}",
         b'{"appId": "A"}',
         b'{"appId": 1, "merchants": {}}',
+        b'{"merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 5}]}}',
         b'{"appId": "A", "merchants": []}',
-        b'{"appId": "A", "merchants": {"M": {}}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": "5"}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 5.5}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": -1}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I1", "type": "UPDATE", "ts": 5}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": ":1", "type": "UPDATE", "ts": 5}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I:", "type": "UPDATE", "ts": 5}]}}',
-        b'{"appId": "A", "merchants": {"M": [{"type": "UPDATE", "ts": 5}]}}',
-        b'{"appId": "A", "merchants": {"": []}}',
-        b'{"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 1e400}]}}',
+        b'{"appId": "A", "merchants": null}',
         b'\xff\xfe{"appId"',
         b'{"appId": "A", "merchants": {"M": []}',
     ],
 )
-def test_clover_malformed(body: bytes) -> None:
+def test_clover_not_a_delivery_is_malformed(body: bytes) -> None:
+    """Only a body that is not a Clover delivery at all is refused: not JSON, not an object, no ``merchants``."""
     with pytest.raises(MalformedPayload):
-        parse_clover(body)
+        parse_clover(body, received_ms=RX)
+
+
+GOOD = {"objectId": "I:GOOD", "type": "UPDATE", "ts": 7}
+
+
+@pytest.mark.parametrize(
+    ("entry", "used", "reason"),
+    [
+        ({"objectId": "I:1", "type": "UPDATE", "ts": "5"}, True, ""),  # a ts we cannot read: dated by arrival
+        ({"objectId": "I:1", "type": "UPDATE", "ts": 5.5}, True, ""),
+        ({"objectId": "I:1", "type": "UPDATE", "ts": -1}, True, ""),
+        ({"objectId": "I:1", "type": "UPDATE", "ts": 10**30}, True, ""),
+        ({"objectId": "I:1", "type": 5, "ts": 5}, True, ""),
+        ({"objectId": "I:1"}, True, ""),
+        ({"objectId": "I1", "type": "UPDATE", "ts": 5}, False, "objectId is not '<type key>:<id>'"),
+        ({"objectId": ":1", "type": "UPDATE", "ts": 5}, False, "objectId is not '<type key>:<id>'"),
+        ({"objectId": "I:", "type": "UPDATE", "ts": 5}, False, "objectId is not '<type key>:<id>'"),
+        ({"type": "UPDATE", "ts": 5}, False, "objectId missing, not a string, or too long"),
+        ({"objectId": 12, "type": "UPDATE", "ts": 5}, False, "objectId missing, not a string, or too long"),
+        ({"objectId": "I:" + "x" * 300}, False, "objectId missing, not a string, or too long"),
+        ("I:1", False, "entry is not an object"),
+        (None, False, "entry is not an object"),
+        ([{"objectId": "I:1"}], False, "entry is not an object"),
+        ({"objectId": "P:PAY1", "type": "CREATE", "ts": 5}, False, "event type 'P' is not used for stock"),
+        ({"objectId": "CA:1", "type": "CREATE", "ts": 5}, False, "event type 'CA' is not used for stock"),
+    ],
+)
+def test_clover_one_odd_entry_never_costs_the_others(entry: object, used: bool, reason: str) -> None:
+    """Before, any of these entries made the whole delivery a 400, and the good events beside it were lost."""
+    body = enc({"appId": "A", "merchants": {"M": [GOOD, entry, GOOD | {"objectId": "O:ORD"}],
+                                            "N": [GOOD]}})
+    parsed = parse_clover(body, received_ms=RX)
+    assert isinstance(parsed, CloverDelivery)
+    kept = [(c.merchant_id, c.kind, c.object_id) for _, c in parsed.items]
+    good = [("M", "I", "GOOD"), ("M", "O", "ORD"), ("N", "I", "GOOD")]
+    if used:
+        assert kept == [good[0], ("M", "I", "1"), *good[1:]] and parsed.skipped == ()
+        ts = parsed.items[1][1].ts
+        assert ts == (5 if isinstance(entry, dict) and entry.get("ts") == 5 else RX)
+    else:
+        assert kept == good
+        (skip,) = parsed.skipped
+        assert skip.merchant_id == "M" and skip.reason == reason
+        assert skip.unused == reason.startswith("event type")
+        assert len(skip.object_id) <= 64
+
+
+def test_clover_a_ts_out_of_any_range_is_dated_by_arrival() -> None:
+    body = b'{"appId": "A", "merchants": {"M": [{"objectId": "I:1", "type": "UPDATE", "ts": 1e400}]}}'
+    parsed = parse_clover(body, received_ms=RX)
+    assert isinstance(parsed, CloverDelivery)
+    assert [c for _, c in parsed.items] == [CloverChange("M", "I", "1", "UPDATE", RX)]
+
+
+def test_clover_a_merchant_whose_events_are_not_a_list_is_skipped_alone() -> None:
+    body = enc({"appId": "A", "merchants": {"M": {"objectId": "I:1"}, "": [GOOD, GOOD], "N": [GOOD]}})
+    parsed = parse_clover(body, received_ms=RX)
+    assert isinstance(parsed, CloverDelivery)
+    assert [c.merchant_id for _, c in parsed.items] == ["N"]
+    assert [s.reason for s in parsed.skipped] == ["the merchant's events are not a list",
+                                                 "merchant id empty or too long", "merchant id empty or too long"]
+
+
+_entries = st.recursive(  # any JSON value (NaN is not JSON: such a body is not a delivery at all)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    | st.sampled_from(["I:1", "IS:2", "IA:3", "O:4", "P:5", "I:", ":x", "UPDATE"]),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(
+        st.sampled_from(["objectId", "type", "ts", "itemStock", "quantity"]) | st.text(max_size=4), c, max_size=4),
+    max_leaves=12,
+)
+_good_entry = st.fixed_dictionaries(
+    {"objectId": st.builds(lambda k, i: f"{k}:{i}", st.sampled_from(sorted(CLOVER_ITEM_KINDS | CLOVER_ORDER_KINDS)),
+                           st.text(min_size=1, max_size=20)),
+     "type": st.sampled_from(["CREATE", "UPDATE", "DELETE"])},
+    optional={"ts": st.integers(0, 2**53),
+              "itemStock": st.fixed_dictionaries({"quantity": st.floats(allow_nan=False, allow_infinity=False)})})
+
+
+@settings(max_examples=400 * FUZZ_SCALE, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["M1", "M2", "M3"]), st.booleans(), _good_entry, _entries),
+                min_size=1, max_size=12),
+       st.dictionaries(st.text(max_size=6), _entries, max_size=2))
+def test_fuzz_no_entry_shape_makes_the_good_ones_vanish(
+        plan: list[tuple[str, bool, dict[str, object], object]], odd_merchants: dict[str, object]) -> None:
+    """Good entries mixed with entries of any shape, and merchants whose value is anything: every good entry is
+    kept, in order, with its own key; every other entry is accounted for (kept or skipped), none is lost silently."""
+    merchants: dict[str, list[object]] = {}
+    good: dict[str, list[dict[str, object]]] = {}
+    for mid, odd_first, entry, odd in plan:
+        pair = [odd, entry] if odd_first else [entry, odd]
+        merchants.setdefault(mid, []).extend(pair)
+        good.setdefault(mid, []).append(entry)
+    body_merchants: dict[str, object] = {f"X{k}": v for k, v in odd_merchants.items()} | merchants
+    try:
+        body = json.dumps({"appId": "A", "merchants": body_merchants, "extra": odd_merchants}).encode()
+    except ValueError:  # an integer too long for json's default limits
+        return
+    parsed = parse_clover(body, received_ms=RX)
+    assert isinstance(parsed, CloverDelivery)
+    kept = {mid: [(c.kind, c.object_id) for _, c in parsed.items if c.merchant_id == mid] for mid in merchants}
+    for mid, entries in good.items():
+        wanted = [tuple(e["objectId"].partition(":")[::2]) for e in entries]  # type: ignore[union-attr]
+        it = iter(kept[mid])
+        assert all(w in it for w in wanted), f"a good entry of {mid} vanished: {wanted} not in {kept[mid]}"
+    accounted = sum(len(v) if isinstance(v, list) else 1 for v in body_merchants.values())
+    assert len(parsed.items) + len(parsed.skipped) == accounted
 
 
 # ---------------------------------------------------------------- WooCommerce
@@ -255,14 +387,14 @@ def test_deep_body_refused_before_decoding() -> None:
         parse_woo(deep, "product.updated")
     deep_clover = b'{"appId": "A", "merchants": {"M": []}, "x": ' + b"{" * 5000
     with pytest.raises(MalformedPayload):
-        parse_clover(deep_clover)
+        parse_clover(deep_clover, received_ms=RX)
 
 
 def test_hostile_quotes_stay_linear() -> None:
     # A run of escaped quotes with no closing quote would make a naive regex quadratic.
     check_time_body = b'"' + b'\\"' * 200_000
     with pytest.raises(MalformedPayload):
-        parse_clover(check_time_body)
+        parse_clover(check_time_body, received_ms=RX)
 
 
 json_values = st.recursive(
@@ -285,7 +417,7 @@ topics = st.none() | st.sampled_from(["product.updated", "order.created", "coupo
 
 def _only_malformed(body: bytes, topic: str | None) -> None:
     try:
-        parse_clover(body)
+        parse_clover(body, received_ms=RX)
     except MalformedPayload:
         pass
     try:
@@ -342,16 +474,13 @@ WOO_PRODUCT = {"id": 734, "type": "variation", "parent_id": 733, "date_modified_
                "stock_quantity": 7}
 WOO_ORDER = {"id": 901, "date_modified_gmt": "2025-01-10T14:03:22",
              "line_items": [{"product_id": 733, "variation_id": 734}]}
-# (template, topic, path to a known field, what the field accepts)
+# (template, topic, path to a known field, what the field accepts). A Clover entry's own fields never refuse the
+# body: CLOVER_ENTRY_FIELDS say whether the entry is kept (else it is skipped) while the body is always accepted.
 _int = lambda lo, hi: lambda v: type(v) is int and lo <= v <= hi  # noqa: E731
+_used = CLOVER_ITEM_KINDS | CLOVER_ORDER_KINDS
 KNOWN_FIELDS = [
     (CLOVER_TEMPLATE, None, ("appId",), lambda v: isinstance(v, str)),
-    (CLOVER_TEMPLATE, None, ("merchants",), lambda v: isinstance(v, dict) and not v),
-    (CLOVER_TEMPLATE, None, ("merchants", "M"), lambda v: v == []),
-    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "objectId"),
-     lambda v: isinstance(v, str) and 1 <= len(v) <= 256 and all(v.partition(":")[::2]) and ":" in v),
-    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "type"), lambda v: isinstance(v, str) and 1 <= len(v) <= 256),
-    (CLOVER_TEMPLATE, None, ("merchants", "M", 0, "ts"), _int(0, 2**53)),
+    (CLOVER_TEMPLATE, None, ("merchants",), lambda v: isinstance(v, dict)),
     (WOO_PRODUCT, "product.updated", ("id",), _int(1, 2**63 - 1)),
     (WOO_PRODUCT, "product.updated", ("parent_id",), _int(0, 2**63 - 1)),
     (WOO_PRODUCT, "product.updated", ("type",), lambda v: isinstance(v, str)),
@@ -362,6 +491,16 @@ KNOWN_FIELDS = [
     (WOO_ORDER, "order.created", ("line_items",), lambda v: v == []),
     (WOO_ORDER, "order.created", ("line_items", 0, "product_id"), _int(0, 2**63 - 1)),
     (WOO_ORDER, "order.created", ("line_items", 0, "variation_id"), _int(0, 2**63 - 1)),
+]
+CLOVER_ENTRY_FIELDS = [
+    (("merchants", "M"), lambda v: False),  # the template's one entry replaced by anything: never that entry
+    (("merchants", "M", 0), lambda v: isinstance(v, dict) and isinstance(v.get("objectId"), str)
+     and v["objectId"].partition(":")[0] in _used and all(v["objectId"].partition(":")[::2])
+     and len(v["objectId"]) <= 256),
+    (("merchants", "M", 0, "objectId"),
+     lambda v: isinstance(v, str) and len(v) <= 256 and v.partition(":")[0] in _used and all(v.partition(":")[::2])),
+    (("merchants", "M", 0, "type"), lambda v: True),
+    (("merchants", "M", 0, "ts"), lambda v: True),
 ]
 
 
@@ -386,13 +525,51 @@ def test_fuzz_wrong_types_in_known_fields_are_refused(which: int, value: object)
         body = json.dumps(_replaced(template, path, value), allow_nan=True).encode()
     except ValueError:
         return
-    parse = (lambda: parse_clover(body)) if topic is None else (lambda: parse_woo(body, topic))
-    if accepts(value):
+    parse = (lambda: parse_clover(body, received_ms=RX)) if topic is None else (lambda: parse_woo(body, topic))
+    if accepts(value) and _is_json(value):
         parsed = parse()
         assert isinstance(parsed, CloverDelivery | WooDelivery)
     else:
         with pytest.raises(MalformedPayload):
             parse()
+
+
+@settings(max_examples=500 * FUZZ_SCALE, deadline=None)
+@given(st.sampled_from(range(len(CLOVER_ENTRY_FIELDS))),
+       _SCALARS | st.integers(-(2**70), 2**70) | st.lists(_SCALARS, max_size=3)
+       | st.dictionaries(st.sampled_from(["objectId", "type", "ts"]) | st.text(max_size=5), _SCALARS, max_size=3))
+def test_fuzz_any_value_in_a_clover_entry_skips_that_entry_only(which: int, value: object) -> None:
+    """A Clover entry's fields, set to any JSON value: the delivery is accepted; the entry is kept exactly when its
+    objectId names a kind the sync uses (type and ts are optional), otherwise it is skipped and said so."""
+    path, kept = CLOVER_ENTRY_FIELDS[which]
+    doc = _replaced(CLOVER_TEMPLATE, path, value)
+    doc["merchants"]["N"] = [{"objectId": "I:OTHER", "type": "UPDATE", "ts": 9}]  # type: ignore[index]
+    try:
+        body = json.dumps(doc, allow_nan=True).encode()
+    except ValueError:
+        return
+    if not _is_json(value):  # NaN and Infinity are not JSON: not a delivery at all
+        with pytest.raises(MalformedPayload):
+            parse_clover(body, received_ms=RX)
+        return
+    parsed = parse_clover(body, received_ms=RX)
+    assert isinstance(parsed, CloverDelivery)
+    assert parsed.items[-1][1] == CloverChange("N", "I", "OTHER", "UPDATE", 9)
+    m_items = [c for _, c in parsed.items if c.merchant_id == "M"]
+    if kept(value):
+        assert len(m_items) == 1 and parsed.skipped == ()
+    elif path == ("merchants", "M"):
+        assert len(m_items) + len(parsed.skipped) == (len(value) if isinstance(value, list) else 1)
+    else:
+        assert m_items == [] and len(parsed.skipped) == 1
+
+
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 @settings(max_examples=300 * FUZZ_SCALE, deadline=None)
@@ -411,12 +588,12 @@ def test_fuzz_unicode_skus_and_names_parse_and_replays_keep_their_key(sku: str, 
     oid = f"I:{sku}"
     if len(oid) <= 256 and name:
         body = {"appId": "A", "merchants": {name[:256]: [{"objectId": oid, "type": "UPDATE", "ts": stock}]}}
-        parsed = parse_clover(json.dumps(body, ensure_ascii=ascii_only).encode())
+        parsed = parse_clover(json.dumps(body, ensure_ascii=ascii_only).encode(), received_ms=RX)
         assert isinstance(parsed, CloverDelivery)
         (key, change), = parsed.items
         assert json.loads(key) == ["clover", name[:256], oid, "UPDATE", stock]
         assert change.object_id == sku and change.merchant_id == name[:256]
-        replay = parse_clover(json.dumps(body, ensure_ascii=not ascii_only).encode())
+        replay = parse_clover(json.dumps(body, ensure_ascii=not ascii_only).encode(), received_ms=RX)
         assert isinstance(replay, CloverDelivery) and replay.items[0][0] == key
 
 
@@ -428,7 +605,7 @@ def test_fuzz_huge_bodies_stay_bounded(n: int, kind: str) -> None:
     if kind == "updates":
         body = json.dumps({"appId": "A", "merchants": {"M": [{"objectId": f"I:{i}", "type": "UPDATE", "ts": i}
                                                              for i in range(n)]}}).encode()
-        parsed = parse_clover(body)
+        parsed = parse_clover(body, received_ms=RX)
         assert isinstance(parsed, CloverDelivery) and len(parsed.items) == n
         return
     if kind == "digits":
@@ -450,7 +627,7 @@ def test_invalid_utf8_is_malformed(body: bytes) -> None:
     _only_malformed(body, "product.updated")
     _only_malformed(body, "order.updated")
     with pytest.raises(MalformedPayload):
-        parse_clover(body)
+        parse_clover(body, received_ms=RX)
 
 
 @settings(max_examples=300 * FUZZ_SCALE, deadline=None)

@@ -179,3 +179,57 @@ async def test_random_sigkills_during_a_burst_neither_lose_nor_double_a_sale(tmp
         finally:
             await daemon.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_an_inbox_row_that_no_longer_decodes_is_set_aside_not_a_crash_loop(tmp_path: Path) -> None:
+    """A pending inbox row this version cannot decode (another version wrote it, or it is damaged) beside a
+    pending sale's event. Before, every start replayed it, failed to decode it and exited: under systemd a crash
+    loop, with every later sale waiting. Now it is moved to ``inbox_quarantine`` with a log line and counted in
+    ``status``; the sale beside it is replayed and lands, and the next start is clean."""
+    import msgspec
+
+    from cloverwoo_daemon.io.store import Store
+    from cloverwoo_daemon.messages import CloverChange, InboundEvent
+
+    async with trio.open_nursery() as nursery:
+        world = await start_world(nursery, tmp_path / "world", products=2, listen=f"127.0.0.1:{free_port()}",
+                                  poll_every="off")  # only the replayed event can carry the sale
+        daemon = DaemonProc(world.config_path)
+        try:
+            url = await daemon.start(nursery)
+            await world.connect(url)
+            await daemon.wait_status(lambda s: s["bindings"] == 2, what="2 bindings")
+            await daemon.wait_idle()
+            assert await daemon.terminate() == 0
+            p = world.products[0]
+            mid, item = world.locations["downtown"], p.clover["downtown"]
+            world.clover.faults.webhooks_enabled = False
+            world.clover.pos_sale(mid, {item: 2})  # stored below as the daemon would have stored its webhook
+            sale: InboundEvent = CloverChange(mid, "I", item, "UPDATE", 1_790_000_000_000)
+            state = world.cfg.state.path
+            async with trio.open_nursery() as n:
+                store = Store(state)
+                await n.start(store.run)
+                await store.accept_events([
+                    ("sale", msgspec.json.encode(sale)),
+                    ("from-elsewhere", b'{"source": "square", "id": 7}'),
+                ])
+                n.cancel_scope.cancel()
+            assert pending_inbox(state) == 2
+
+            await daemon.start(nursery)
+            await wait_for(lambda: world.woo_stock(p) == 18, timeout=30, what="the replayed sale in WooCommerce")
+            await daemon.wait_status(lambda s: s["store"]["quarantined"] == 1, what="1 event quarantined")
+            assert (await daemon.wait_idle())["store"]["pending_inbox"] == 0
+            [line] = daemon.events("inbox_event_quarantined", run=2)
+            assert line["level"] == "error" and "ValidationError" in line["error"]
+            assert read_state(state, "SELECT dedup_key FROM inbox_quarantine") == [("from-elsewhere",)]
+            assert await daemon.terminate() == 0
+            await daemon.start(nursery)  # and the start after that is clean
+            await daemon.wait_idle()
+            assert daemon.events("inbox_event_quarantined", run=3) == []
+            assert pending_inbox(state) == 0 and world.woo_stock(p) == 18 and world.clover_stock(p) == 18
+            assert await daemon.terminate() == 0
+        finally:
+            await daemon.aclose()
+            nursery.cancel_scope.cancel()

@@ -184,3 +184,22 @@ async def test_webhooks_register_refuses_without_a_public_url(tmp_path: Path) ->
         assert "server.public_url" in result.stderr.decode()
         assert w.woo._webhooks == {}  # noqa: SLF001 - nothing was created
         nursery.cancel_scope.cancel()
+
+
+async def test_healthz_reflects_what_is_configured(env_factory: Any) -> None:
+    """With WooCommerce polling off (``poll_every = "off"``) no poller is expected to run: /healthz is 200. Before,
+    the poller returned at once, counted as an actor down, and /healthz stayed 503 for as long as the daemon ran.
+    An actor that is configured and stops is still reported (by name)."""
+    async with env_factory(products=1, poll_every="off") as env:
+        url = env.daemon.webhook_url
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"{url}/healthz")
+            assert r.status_code == 200, r.text
+            assert r.json()["detail"]["actors_running"] is True
+            assert "woo-poller" not in env.daemon.admin.status()["actors"]
+            env.daemon.admin.supervisor.actors["router"].running = False  # as the supervisor marks a crashed one
+            try:
+                r = await http.get(f"{url}/healthz")
+                assert r.status_code == 503 and r.json()["detail"]["actors_down"] == ["router"], r.text
+            finally:
+                env.daemon.admin.supervisor.actors["router"].running = True

@@ -128,6 +128,7 @@ async def test_no_secret_appears_in_any_output(tmp_path: Path) -> None:
             human = await run_cli(*cfg_arg, "status")
             assert human.returncode == 0, _cli_text(human)
             captured["status"] = _cli_text(human)
+            assert b"no job running" in human.stdout or b"running: " in human.stdout, _cli_text(human)
             log = await run_cli(*cfg_arg, "--json", "log", "--limit", "1000")
             assert log.returncode == 0, _cli_text(log)
             rows = [json.loads(line) for line in log.stdout.decode().splitlines() if line.strip()]

@@ -475,3 +475,68 @@ merchant_id = "M"
     with pytest.raises(ConfigError) as info:
         parse_config(text)
     assert str(info.value).startswith(error)
+
+
+@pytest.fixture
+def log_stream():
+    """The daemon's own logging pipeline (io.logs), into a buffer; put back as it was afterwards."""
+    import io
+    import logging
+
+    import structlog
+
+    from cloverwoo_daemon.io import logs
+
+    stream = io.StringIO()
+    logs.configure_logging(stream=stream, json=True, secrets=["configured-secret-value"])
+    yield stream
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if type(h).__name__ == "_Handler":
+            root.removeHandler(h)
+    root.setLevel(logging.WARNING)
+    structlog.reset_defaults()
+    logs._active = None
+
+
+async def test_every_token_learned_at_run_time_is_redacted_from_the_moment_it_is_learned(
+        world, sim, clock, log_stream, nursery, tmp_path):
+    """A code being exchanged, the pair Clover answers, each refreshed pair, and a pair read back from the store
+    by a new process: each is a secret the config never held. Before, the redaction list was the configured
+    secrets only, so any line quoting a refreshed token (an error text, a header echoed back) printed it."""
+    import structlog
+
+    log = structlog.get_logger("test")
+    code = sim.oauth.code_for(MID)
+    await connect(world.oauth(), world.store, location=LOC, merchant_id=MID, code=code)
+    connected = await world.stored()
+    tokens = world.tokens()
+    c = world.client(tokens)
+    item = sim.add_item(MID, "Mug", sku="MUG", quantity=4)
+    assert await c.get_stock(item) == 4
+    clock.now = refresh_at(connected) + 1  # due: the next call refreshes
+    assert await c.get_stock(item) == 4 and tokens.refreshes == 1
+    refreshed = await world.stored()
+    assert refreshed.access_token != connected.access_token
+    # the leak this guards against: a line that quotes a token (an upstream error, a header echoed back)
+    for pair in (connected, refreshed):
+        log.error("upstream_error", detail=f"Authorization: Bearer {pair.access_token}",
+                  body={"refresh_token": pair.refresh_token})
+    log.warning("exchange_echo", error=f"code {code} already used")
+    # a new process reads the pair from the store: learned when read, before any use
+    other = Store(str(tmp_path / "other.sqlite3"))
+    await nursery.start(other.run)
+    await other.set_kv(token_key(LOC), await world.store.get_kv(token_key(LOC)) or "")
+    from cloverwoo_daemon.io import logs
+
+    logs._active = None  # a fresh process: its pipeline has learned nothing yet
+    logs.configure_logging(stream=log_stream, json=True, secrets=["configured-secret-value"])
+    assert (await world.tokens(store=other).store.load()) == refreshed
+    log.error("stored_pair_quoted", detail=refreshed.access_token + " " + refreshed.refresh_token)
+    text = log_stream.getvalue()
+    for secret in (code, connected.access_token, connected.refresh_token, refreshed.access_token,
+                   refreshed.refresh_token):
+        assert secret not in text, "a token learned at run time appeared in the log"
+    assert text.count("[redacted]") == 7
+    assert "upstream_error" in text and "stored_pair_quoted" in text
+

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
 from cloverwoo_daemon.io.control import (
     MAX_REQUEST_BYTES,
+    MAX_UPLOAD_BYTES,
+    ControlError,
     ControlProtocolError,
     DaemonUnreachable,
     InsecureSocketDirectory,
@@ -26,9 +29,12 @@ from cloverwoo_daemon.messages import (
     ConflictsRequest,
     ControlRequest,
     ControlResponse,
+    ExcludeRequest,
+    ImportCsvRequest,
     LogRequest,
     ReconcileRequest,
     StatusRequest,
+    UploadRequest,
 )
 
 
@@ -50,6 +56,11 @@ async def handler(req: ControlRequest) -> ControlResponse | AsyncIterator[Contro
             return follow()
         case ConflictsRequest():
             return ControlResponse(ok=True, data="x" * 200_000)
+        case ImportCsvRequest(text=text):
+            return ControlResponse(ok=True, data={"chars": len(text), "lines": text.count("\n"),
+                                                  "last": text.splitlines()[-1]})
+        case ExcludeRequest(skus=skus):
+            return ControlResponse(ok=True, data={"skus": len(skus), "last": skus[-1]})
     raise AssertionError(req)
 
 
@@ -136,6 +147,55 @@ async def test_bad_and_oversized_requests(nursery: trio.Nursery, sock_path: str)
     # Half a frame then EOF: refused cleanly.
     answer = await raw(sock_path, struct.pack(">I", 100) + b"{", eof=True)
     assert b"closed inside a frame" in answer
+    assert (await control_call(sock_path, StatusRequest(), timeout=5)).ok
+
+
+async def test_large_requests_are_uploaded_in_frames(nursery: trio.Nursery, sock_path: str) -> None:
+    """A 50,000-row CSV (about 3 MB) and a 50,000-line exclusion list reach the handler whole. Before, any request
+    over one 64 KiB frame was refused: an import of more than about 1,000 rows failed."""
+    await start(nursery, sock_path)
+    rows = "\n".join(f"Product {i},SKU-{i:05d},{i},0,ITEM{i:08d},downtown,{i % 50},,in sync," for i in range(50_000))
+    text = "name,sku,woo_product_id,woo_variation_id,clover_item_id,location,clover_stock,woo_stock," \
+           "sync_status,last_synced_at\n" + rows + "\n"
+    assert len(text) > 40 * MAX_REQUEST_BYTES
+    r = await control_call(sock_path, ImportCsvRequest(text=text), timeout=30)
+    assert r.ok and r.data == {"chars": len(text), "lines": 50_001, "last": rows.splitlines()[-1]}
+    skus = tuple(f"SKU-\u00e9-{i:05d}" for i in range(50_000))
+    r = await control_call(sock_path, ExcludeRequest(skus=skus), timeout=30)
+    assert r.ok and r.data == {"skus": 50_000, "last": skus[-1]}
+    with pytest.raises(ControlError, match="over the limit"):
+        await control_call(sock_path, ImportCsvRequest(text="x" * (MAX_UPLOAD_BYTES + 1)), timeout=30)
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+async def test_uploads_that_do_not_carry_what_they_announce_are_refused(nursery: trio.Nursery,
+                                                                        sock_path: str) -> None:
+    await start(nursery, sock_path)
+    status = msgspec.json.encode(StatusRequest())
+    big = msgspec.json.encode(ImportCsvRequest(text="y" * (MAX_REQUEST_BYTES + 10)))
+
+    def upload(size: int, parts: int) -> bytes:
+        return _frame(msgspec.json.encode(UploadRequest(size=size, parts=parts)))
+
+    cases = [
+        (upload(MAX_UPLOAD_BYTES + 1, 1025), "an upload of"),
+        (upload(0, 0), "an upload of"),
+        (upload(len(big), 1), "parts cannot carry"),
+        (upload(len(big), 2) + _frame(big[:MAX_REQUEST_BYTES]) + _frame(big[MAX_REQUEST_BYTES:] + b"xx"),
+         "larger than it announced"),
+        (upload(len(big), 2) + _frame(big[:MAX_REQUEST_BYTES]) + _frame(big[MAX_REQUEST_BYTES:-1]),
+         "smaller than it announced"),
+        (upload(len(status), 1) + _frame(b"[" + status[1:]), "the uploaded request"),
+        (upload(len(big), 2) + _frame(big[:MAX_REQUEST_BYTES]), "closed inside an upload"),
+    ]
+    nested = msgspec.json.encode(UploadRequest(size=10, parts=1))
+    cases.append((upload(len(nested), 1) + _frame(nested), "an upload inside an upload"))
+    for data, needle in cases:
+        answer = await raw(sock_path, data, eof=True)
+        assert b'"ok":false' in answer and needle.encode() in answer, (needle, answer[:200])
     assert (await control_call(sock_path, StatusRequest(), timeout=5)).ok
 
 

@@ -87,3 +87,28 @@ def test_reconfigure_replaces_handler(out: io.StringIO) -> None:
     assert len(lines(out)) == 1
     with pytest.raises(ValueError, match="level"):
         configure_logging(stream=out, level="loud")
+
+
+def test_secrets_learned_at_run_time_are_redacted_bounded_and_survive_a_reconfigure(out: io.StringIO) -> None:
+    from cloverwoo_daemon.io import logs
+
+    configure_logging(stream=out, secrets=[SECRET])
+    log = structlog.get_logger()
+    token = "acc-7f3a9c1e-0b2d-4e5f-8a6b"
+    log.info("before", detail=f"Bearer {token}")  # not known yet: nothing to redact it with
+    logs.redact_also(token, "", "short")  # empty and short values are not credentials: ignored
+    log.info("after", detail=f"Bearer {token}", word="a short word")
+    configure_logging(stream=out, secrets=[SECRET])  # the CLI reconfigures before running the daemon
+    log.info("reconfigured", detail=token)
+    got = lines(out)
+    assert got[0]["detail"] == f"Bearer {token}"
+    assert got[1]["detail"] == f"Bearer {REDACTED}" and got[1]["word"] == "a short word"
+    assert got[2]["detail"] == REDACTED
+    for i in range(logs.LEARNED_KEPT + 5):  # a year of hourly refreshes keeps only the newest
+        logs.redact_also(f"refreshed-token-{i:04d}")
+    assert logs._active is not None
+    assert len(logs._active.secrets) == logs.LEARNED_KEPT + 1  # + the configured one, never forgotten
+    log.info("old", a="refreshed-token-0000", b=f"refreshed-token-{logs.LEARNED_KEPT + 4:04d}", c=SECRET)
+    last = lines(out)[-1]
+    assert last["a"] == "refreshed-token-0000" and last["b"] == REDACTED and last["c"] == REDACTED
+    logs._active = None

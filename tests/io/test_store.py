@@ -625,3 +625,136 @@ async def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
     missing = {i: k for i, k in acked.items() if found.get(i) != k}
     assert not missing, f"{len(missing)} acknowledged events lost or changed"
     assert len(found) >= len(acked) >= 300
+
+
+# ------------------------------------------------------------------ admin reads, pruning, quarantine
+
+
+async def test_admin_reads_never_wait_for_the_writer(tmp_path: Path) -> None:
+    """The admin's reads (the log, the CSV export's last-synced times, the conflicts) have their own read-only
+    connection. Before, they took the writer's connection and limiter: a scan of the sync log held up every
+    webhook's commit, and a long commit held up `cloverwoo log`. Here the writer is held inside a commit."""
+    import threading
+
+    async with running(tmp_path / "s.sqlite3") as store:
+        await store.append_log([log_row(100.0, "error"), log_row(101.0)])
+        await store.add_conflict(Conflict("woo:1:0", "A", "oversell", "{}", 5.0))
+        release = threading.Event()
+
+        def held(conn: sqlite3.Connection) -> None:
+            release.wait(30)  # the writer thread, inside a transaction, holding the writer's limiter
+
+        async with trio.open_nursery() as n:
+            n.start_soon(store._write, held)
+            await trio.sleep(0.2)
+            try:
+                with trio.fail_after(10):
+                    assert [r.ts for r in await store.query_log(level="error")] == [100.0]
+                    assert [r.ts for r in await store.query_log(newest=True, limit=1)] == [101.0]
+                    assert set(await store.last_synced()) == {"woo:1:0"}
+                    assert len(await store.list_conflicts()) == 1
+                    assert await store.list_emails() == []
+            finally:
+                release.set()
+        # and it sees every write already answered
+        await store.append_log([log_row(102.0, "error")])
+        assert [r.ts for r in await store.query_log(level="error")] == [100.0, 102.0]
+        with pytest.raises(sqlite3.OperationalError):  # read-only: a write there would bypass the group commit
+            await store._admin_read(lambda conn: conn.execute("DELETE FROM sync_log"))
+
+
+def _plan(path: Path, sql: str, args: tuple[Any, ...]) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return " / ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+    finally:
+        conn.close()
+
+
+async def test_admin_reads_use_indexes_not_a_scan_of_the_sync_log(tmp_path: Path) -> None:
+    """`cloverwoo log --level error` on a 90-day log, and the CSV export's last-synced times: before, both read
+    every row of the sync log (a level filter on an unindexed column, a GROUP BY over all merges)."""
+    db = tmp_path / "s.sqlite3"
+    seen: list[str] = []
+    async with running(db) as store:
+        await store.append_log([log_row(float(i), "error" if i % 500 == 0 else "info") for i in range(2000)])
+        conn = getattr(store, "_admin_conn", None) or store._conn  # whichever connection the admin reads use
+        assert conn is not None
+        conn.set_trace_callback(seen.append)
+        errors = await store.query_log(level="error", newest=True, limit=2)
+        warnings = await store.query_log(level="warning", newest=True, limit=2)
+        last = await store.last_synced()
+        conn.set_trace_callback(None)
+    assert [r.ts for r in errors] == [1000.0, 1500.0] and [r.ts for r in warnings] == [1000.0, 1500.0]
+    assert last == {"woo:1:0": 1999.0}
+    log_sql = [q for q in seen if "FROM sync_log" in q]
+    assert len(log_sql) == 2 and not any("FROM sync_log" in q for q in seen if "binding_synced" in q)
+    plans = [_plan(db, sql, ()) for sql in log_sql]  # the statements as run, their arguments in place
+    assert "USING INDEX sync_log_errors" in plans[0] and "USING INDEX sync_log_problems" in plans[1], plans
+
+
+async def test_pruning_deletes_in_bounded_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step is one write request of at most PRUNE_STEP rows: a webhook's commit queued meanwhile goes
+    with the next step. Before, one DELETE of every expired row held the writer for the whole prune."""
+    from cloverwoo_daemon.io import store as store_module
+
+    monkeypatch.setattr(store_module, "PRUNE_STEP", 100, raising=False)
+    clock = Clock(10_000.0)
+    async with running(tmp_path / "s.sqlite3", clock=clock, dedup_window=10.0) as store:
+        await store.append_log([log_row(float(i)) for i in range(450)] + [log_row(5000.0)])
+        before = store.statistics().requests
+        acks: list[object] = []
+
+        async def ack_meanwhile() -> None:
+            acks.append(await store.accept_events([("k-meanwhile", b"x")]))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(ack_meanwhile)
+            assert await store.prune_log(older_than=1000.0) == 450
+        assert store.statistics().requests - before >= 5 + 1  # 100+100+100+100+50, and the ack
+        assert acks and [r.ts for r in await store.query_log()] == [5000.0]
+        ids = await store.accept_events([(f"k{i}", b"x") for i in range(250)])
+        await store.settle_events([i for i, _ in ids])
+        clock.now += 100
+        before = store.statistics().requests
+        assert await store.prune(clock.now) == 250
+        assert store.statistics().requests - before == 3
+
+
+async def test_an_undecodable_inbox_row_is_set_aside_and_counted(tmp_path: Path) -> None:
+    db = tmp_path / "s.sqlite3"
+    async with running(db) as store:
+        acks = await store.accept_events([("good", b'{"ok": 1}'), ("bad", b"\xff not an event")])
+        (good, _), (bad, _) = acks
+        assert await store.quarantine_events([(bad, "DecodeError: invalid character")]) == 1
+        assert await store.quarantine_events([(bad, "again")]) == 0  # moved once
+        assert [i for i, _, _ in await store.pending_events()] == [good]
+        st = store.statistics()
+        assert st.quarantined == 1 and st.pending_inbox == 1
+    async with running(db) as store:
+        assert store.statistics().quarantined == 1  # counted from the file at open
+        assert [i for i, _, _ in await store.pending_events()] == [good]
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT id, dedup_key, payload, error FROM inbox_quarantine").fetchone()
+    conn.close()
+    assert row == (bad, "bad", b"\xff not an event", "DecodeError: invalid character")
+
+
+async def test_migration_keeps_last_synced_times_of_an_existing_log(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, MIGRATIONS[:3])  # before the admin-read tables
+    for ts, event, bid in ((1.0, "merge", "woo:1:0"), (3.0, "csv_set", "woo:1:0"), (2.0, "merge", "woo:2:0"),
+                           (9.0, "write_failed", "woo:2:0")):
+        conn.execute("INSERT INTO sync_log (ts, level, event, binding_id, sku, location, trigger, detail, error) "
+                     "VALUES (?, 'info', ?, ?, 'A', '', '', '{}', '')", (ts, event, bid))
+    conn.close()
+    async with running(db) as store:
+        assert await store.last_synced() == {"woo:1:0": 3.0, "woo:2:0": 2.0}
+        await store.append_log([log_row(7.0)])
+        assert await store.last_synced() == {"woo:1:0": 7.0, "woo:2:0": 2.0}
+        assert await store.prune_log(older_than=8.0) == 4  # the log goes; when each binding last synced stays
+        assert await store.last_synced() == {"woo:1:0": 7.0, "woo:2:0": 2.0}
+    conn = sqlite3.connect(db, isolation_level=None)
+    MIGRATIONS[3](conn)  # harmless twice (branches may number it differently until they meet)
+    conn.close()

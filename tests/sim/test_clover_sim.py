@@ -262,6 +262,71 @@ async def test_api_write_emits_item_update_unless_turned_off(sim, http, receiver
     assert len(receiver.deliveries) == 2
 
 
+async def test_split_style_sends_is_and_ia_with_the_object_they_are_about(sim, http, receiver):
+    """After Clover's split of the inventory topic: stock changes (a sale, a recount, an API write, a refund) send
+    ``IS`` with the item stock object, availability changes ``IA``; ``I`` is left for the item itself."""
+    sim.webhook_style = "split"
+    x = sim.add_item(A, "Apple", quantity=2, price=50)
+    sim._item(A, x).auto_manage = True
+    await receiver.wait_for(1)
+    await quiet(sim)
+    receiver.deliveries.clear()
+    oid = sim.pos_sale(A, {x: 2})  # sells out: an auto-managed item becomes unavailable
+    await receiver.wait_for(1)
+    await quiet(sim)
+    assert receiver.events() == [(A, f"O:{oid}", "CREATE"), (A, f"IS:{x}", "UPDATE"), (A, f"IA:{x}", "UPDATE")]
+    entries = receiver.deliveries[-1][1]["merchants"][A]
+    assert entries[1]["itemStock"] == {"item": {"id": x}, "stockCount": 0, "quantity": 0.0,
+                                       "modifiedTime": entries[1]["itemStock"]["modifiedTime"]}
+    assert entries[2]["item"] == {"id": x, "available": False, "autoManage": True}
+    assert all(isinstance(e["ts"], int) for e in entries)
+    receiver.deliveries.clear()
+    await http.post(f"/v3/merchants/{A}/item_stocks/{x}", headers=auth(TA), json={"quantity": 4})  # back: available
+    sim.adjust(A, x, 3)
+    sim.set_available(A, x, False)
+    sim.delete_item(A, x)
+    await receiver.wait_for(1)
+    await quiet(sim)
+    assert receiver.events() == [(A, f"IS:{x}", "UPDATE"), (A, f"IA:{x}", "UPDATE"), (A, f"IS:{x}", "UPDATE"),
+                                 (A, f"IA:{x}", "UPDATE"), (A, f"I:{x}", "DELETE")]
+
+
+async def test_subscriptions_and_entries_without_ts(sim, receiver):
+    """Only the subscribed event types are sent; ``new_events_ts=False`` drops ``ts`` from IS and IA (Clover's
+    schema for them is not known past ``objectId`` and ``type``)."""
+    sim.webhook_style, sim.subscribed, sim.new_events_ts = "split", frozenset({"IS"}), False
+    x = sim.add_item(A, "Apple", quantity=5)  # I: CREATE, not subscribed
+    sim.pos_sale(A, {x: 1})  # O: CREATE, not subscribed; IS: UPDATE
+    await receiver.wait_for(1)
+    await quiet(sim)
+    assert receiver.events() == [(A, f"IS:{x}", "UPDATE")]
+    (entry,) = receiver.deliveries[0][1]["merchants"][A]
+    assert "ts" not in entry and entry["itemStock"]["quantity"] == 4.0
+
+
+async def test_legacy_style_sends_i_for_availability_too(sim, http, receiver):
+    x = sim.add_item(A, "Apple", quantity=5)
+    await receiver.wait_for(1)
+    await quiet(sim)
+    receiver.deliveries.clear()
+    sim.set_available(A, x, False)
+    sim.set_available(A, x, False)  # no change: nothing sent
+    await receiver.wait_for(1)
+    await quiet(sim)
+    assert receiver.events() == [(A, f"I:{x}", "UPDATE")]
+    item = (await http.get(f"/v3/merchants/{A}/items/{x}", headers=auth(TA))).json()
+    assert item["available"] is False
+    assert (await http.post("/_sim/webhook_style", json={"style": "split"})).json() == {"style": "split"}
+    assert (await http.post("/_sim/webhook_style", json={"style": "x"})).status_code == 400
+    r = await http.post(f"/_sim/merchants/{A}/items/{x}/available", json={"available": True})
+    assert r.json() == {"id": x, "available": True}
+    await receiver.wait_for(2)
+    await quiet(sim)
+    assert receiver.events()[-1] == (A, f"IA:{x}", "UPDATE")
+    with pytest.raises(ValueError):
+        CloverSim(webhook_style="v2")
+
+
 async def test_one_post_can_carry_several_merchants(sim, receiver):
     x = sim.add_item(A, "Apple", quantity=1)
     y = sim.add_item(B, "Pear", quantity=1)
