@@ -170,6 +170,7 @@ async def run_daemon(
             on_event=health.saw,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
+        woo_timeout = parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout") or 30.0
         companion = CompanionWatch(woo)  # writes go through the WordPress companion while it answers
         alerts = build_alerts(cfg, secrets, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
@@ -193,6 +194,7 @@ async def run_daemon(
             intents=intents, on_merge=metrics.observe_merge, on_conflict=conflict_seen,
             on_stock=stock_seen, on_failure=alerts.notice_failure,
             reach=reach, companion=companion.current, companion_gone=companion.gone,
+            woo_write_grace=3 * woo_timeout, woo_crash_grace=woo_timeout,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
         # -- the witness: orders feeds against the windows our own writes leave (erased sales found)

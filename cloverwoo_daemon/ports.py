@@ -45,6 +45,21 @@ class NotFound(PermanentError):
     """The object does not exist (deleted Clover item, trashed Woo product)."""
 
 
+class WriteOutcomeUnknown(RemoteError):
+    """A write may or may not have been applied: it was sent and no answer said which.
+
+    ``may_still_land`` is True when the request may still be running on the
+    store (a timeout, a connection reset, a gateway's 504): PHP does not stop
+    a request whose client went away, so it can apply the write later. False
+    when the store answered (another 5xx, a 2xx that is not JSON): the request
+    ended, one way or the other.
+    """
+
+    def __init__(self, message: str, *, may_still_land: bool = True) -> None:
+        super().__init__(message)
+        self.may_still_land = may_still_land
+
+
 class CompanionMissing(PermanentError):
     """The WordPress companion is not (or no longer) installed: its route answers 404 ``rest_no_route``."""
 

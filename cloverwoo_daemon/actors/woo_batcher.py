@@ -41,7 +41,7 @@ from cloverwoo_daemon.core.model import (
     WooWriteResult,
 )
 from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen
-from cloverwoo_daemon.ports import RemoteError, StockWrite, WooPort
+from cloverwoo_daemon.ports import StockWrite, WooPort, WriteOutcomeUnknown
 
 Kind = Literal["deltas", "changes"]
 
@@ -130,8 +130,8 @@ class BatchingWoo:
             self._in_flight -= 1
             self._wakeup.set()  # what gathered meanwhile may go now
             for w in batch:
-                if w.results is None and w.error is None:
-                    w.error = RemoteError("woocommerce batch cut short (the writer restarted); retried")
+                if w.results is None and w.error is None:  # its request may have gone out: may still land
+                    w.error = WriteOutcomeUnknown("woocommerce batch cut short (the writer restarted); retried")
                 w.done.set()
 
     # -------------------------------------------------------------- WooPort

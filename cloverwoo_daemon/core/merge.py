@@ -206,6 +206,10 @@ class WriteIntent(msgspec.Struct, frozen=True):
     write_id: str = ""
     woo_via: WooVia = "delta"
     created_at: float = 0.0
+    # an inventory_delta sent and not answered: "ended" (the store answered: the marker tells at once) or
+    # "may_land" (a timeout, a reset: PHP may apply it later), seen at ``woo_unknown_at`` (unix seconds)
+    woo_answer: Literal["", "ended", "may_land"] = ""
+    woo_unknown_at: float = 0.0
 
     @property
     def marker(self) -> str:

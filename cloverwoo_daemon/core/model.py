@@ -99,6 +99,8 @@ class WooWriteResult(msgspec.Struct, frozen=True):
     ok: bool
     quantity: int | None = None  # stock as returned by the write
     error: str | None = None
+    unknown: bool = False  # not ok, and it may have been applied all the same (sent, no answer said)
+    may_still_land: bool = False  # unknown, and the request may still be running on the store
 
 
 class StockChange(msgspec.Struct, frozen=True):

@@ -118,12 +118,14 @@ class Finding(msgspec.Struct, frozen=True):
     units: float  # the units those orders moved (sold positive, restocked negative); 0 when unknown
     certain: bool = False  # proven erased (WooCommerce only): repair by ``units``
     reason: str = ""
+    order_units: dict[str, float] = msgspec.field(default_factory=dict)  # per order: the units it moved here
 
     def detail(self) -> dict[str, Any]:
         w = self.window
         return {"side": w.side, "location": w.location, "item": w.item, "write_delta": w.delta,
                 "window": [round(w.started, 3), round(w.ended, 3)], "orders": list(self.orders),
-                "units": self.units, "certain": self.certain, "reason": self.reason}
+                "order_units": self.order_units, "units": self.units, "certain": self.certain,
+                "reason": self.reason}
 
 
 def _overlaps(lo: float, hi: float, w: WriteWindow, skew: float) -> bool:
@@ -132,8 +134,7 @@ def _overlaps(lo: float, hi: float, w: WriteWindow, skew: float) -> bool:
 
 def witness_clover(window: WriteWindow, orders: Iterable[CloverOrderSeen], *, skew: float = 1.0) -> Finding | None:
     """The Clover orders touching ``window``'s item whose last change may lie inside the window."""
-    hits: list[str] = []
-    units = 0.0
+    hits: dict[str, float] = {}
     for o in orders:
         n = o.units.get(window.item)
         if not n:
@@ -143,12 +144,12 @@ def witness_clover(window: WriteWindow, orders: Iterable[CloverOrderSeen], *, sk
         t = o.modified_ms / 1000.0
         if not _overlaps(t, t, window, skew):
             continue
-        hits.append(o.order_id)
-        units += -n if o.refunded else n
+        hits[o.order_id] = -n if o.refunded else n
     if not hits:
         return None
-    return Finding(window, tuple(hits), units,
-                   reason="a Clover order for this item changed inside the write's read-to-write window")
+    return Finding(window, tuple(hits), sum(hits.values()),
+                   reason="a Clover order for this item changed inside the write's read-to-write window",
+                   order_units=hits)
 
 
 def witness_woo(
@@ -180,6 +181,7 @@ def witness_woo(
             near.append(o)
     if not hits:
         return None
+    per_order = {str(o.order_id): float(-1 if o.refunded else o.reduced.get(pid, 0)) for o in hits}
     units = float(sum(o.reduced.get(pid, 0) for o in hits if not o.refunded))
     ids = tuple(str(o.order_id) for o in hits)
     reason = "a WooCommerce order for this product was paid or refunded inside the write's request"
@@ -193,8 +195,9 @@ def witness_woo(
             if note.before == loaded and note.after == loaded - n and n > 0 and o.names.get(pid) == note.name:
                 return Finding(window, ids, float(n), certain=True,
                                reason=f"the checkout's stock note ({note.before}→{note.after}) starts from the figure "
-                                      f"our write loaded ({loaded}): it ran inside our request, and was erased")
-    return Finding(window, ids, units, reason=reason)
+                                      f"our write loaded ({loaded}): it ran inside our request, and was erased",
+                               order_units=per_order)
+    return Finding(window, ids, units, reason=reason, order_units=per_order)
 
 
 _NOTE_ITEM = re.compile(r"(.+?) \((-?\d+)(?:&rarr;|→|->)(-?\d+)\)")

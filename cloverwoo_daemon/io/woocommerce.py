@@ -57,7 +57,14 @@ from cloverwoo_daemon.core.model import (
 from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
 from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen, parse_stock_note
 from cloverwoo_daemon.io.metrics import ClientHooks
-from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError, StockWrite
+from cloverwoo_daemon.ports import (
+    CompanionMissing,
+    NotFound,
+    PermanentError,
+    RemoteError,
+    StockWrite,
+    WriteOutcomeUnknown,
+)
 
 __all__ = ["COMPANION_FILE", "VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
 
@@ -78,10 +85,6 @@ _ORDER_FIELDS = ("id", "status", "date_paid_gmt", "date_modified_gmt", "line_ite
 Auth = Literal["auto", "basic", "oauth1"]
 
 
-class WriteOutcomeUnknown(RemoteError):
-    """A write may or may not have been applied (timeout, 5xx after sending); re-read before retrying."""
-
-
 class WooWebhook(msgspec.Struct, frozen=True):
     """A webhook as the REST API shows it (the secret is never returned)."""
 
@@ -95,11 +98,13 @@ class WooWebhook(msgspec.Struct, frozen=True):
 class _Retryable(Exception):
     """One attempt failed in a way worth another attempt."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None, sent: bool = True) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, sent: bool = True,
+                 ended: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.sent = sent  # False: the request certainly never reached the application
+        self.ended = ended  # True: the store answered, so the request is over (applied or not)
 
 
 def _error_text(resp: httpx.Response) -> tuple[str, str]:
@@ -254,7 +259,8 @@ class WooClient:
                 if exc.sent and not idempotent:
                     log.warning("woo_write_outcome_unknown", method=method, path=path, reason=exc.reason)
                     raise WriteOutcomeUnknown(
-                        f"{method} {path}: {exc.reason} (the write may have been applied)"
+                        f"{method} {path}: {exc.reason} (the write may have been applied)",
+                        may_still_land=not exc.ended,
                     ) from None
                 delay = self._backoff.next_delay(attempt, retry_after=exc.retry_after, rng=self._rng)
                 if delay is None:
@@ -294,8 +300,10 @@ class WooClient:
             self.hooks.rate_limited()
             raise _Retryable("429", retry_after=parse_retry_after(resp.headers.get("retry-after")), sent=False)
         if status >= 500:
-            # Even a 503 may come from a proxy after PHP ran: only a resend that is idempotent is safe.
-            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")))
+            # Even a 503 may come from a proxy after PHP ran: only a resend that is idempotent is safe. A 504
+            # is a gateway that stopped waiting: PHP may still be running the request.
+            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                             ended=status != 504)
         text = f"{method} {path}: {status} {code}: {message}".rstrip(": ")
         if _is_invalid_id(status, code):
             raise NotFound(text)
@@ -307,8 +315,10 @@ class WooClient:
         try:
             return resp.json()
         except ValueError:
-            error = RemoteError if idempotent else WriteOutcomeUnknown
-            raise error(f"{method} {path}: {resp.status_code} answer is not JSON") from None
+            text = f"{method} {path}: {resp.status_code} answer is not JSON"
+            if idempotent:
+                raise RemoteError(text) from None
+            raise WriteOutcomeUnknown(text, may_still_land=False) from None
 
     async def _get_all(
         self, path: str, params: dict[str, str] | None = None, fields: tuple[str, ...] = ()
@@ -420,11 +430,14 @@ class WooClient:
                     continue
                 except RemoteError as exc:
                     if not applied_any:
-                        self.hooks.wrote(False, len(changes))  # nothing was written
+                        self.hooks.wrote(False, len(changes))  # nothing was written, or unknown: raised
                         raise
                     failure = exc
+                    unknown = isinstance(exc, WriteOutcomeUnknown)
                     for i in chunk:
-                        results[i] = WooWriteResult(changes[i][0], ok=False, error=str(exc))
+                        results[i] = WooWriteResult(
+                            changes[i][0], ok=False, error=str(exc), unknown=unknown,
+                            may_still_land=unknown and getattr(exc, "may_still_land", True))
                     continue
                 applied_any = True
                 answered = answer.get("update", []) if isinstance(answer, dict) else []

@@ -368,6 +368,8 @@ class WooSim:
         self.max_in_flight_seen = 0  # API requests being handled at once (tests check a client's cap)
         self.stock_writes: list[StockWrite] = []
         self.lost_updates: list[LostUpdate] = []  # REST stock writes that erased a concurrent change
+        self.php_runs_on = True  # a batch write goes on to its end after its client hung up, as PHP does
+        self.batch_queue_delays: list[float] = []  # the next /products/batch requests wait this long to start
         self.deliveries: list[Delivery] = []
         self.deliveries_dropped = 0
         # The WordPress companion (off: its routes answer 404 rest_no_route, as without the file)
@@ -1313,6 +1315,39 @@ class WooSim:
         if seconds > 0:
             await trio.sleep(seconds)
 
+    async def _to_the_end(self, work: Any) -> Any:
+        """Await ``work``; with ``php_runs_on`` it runs to its end even when the client hangs up.
+
+        PHP does not stop a request whose client went away (it notices only
+        when it writes output): a write whose answer the client gave up on
+        (a timeout) may still land afterwards. Off, the request dies with its
+        connection, as it does in a server that cancels the handler.
+        """
+        if not self.php_runs_on or self._nursery is None:
+            return await work
+        done = trio.Event()
+        box: dict[str, Any] = {}
+
+        async def run() -> None:
+            try:
+                box["result"] = await work
+            except Exception as exc:  # handed to the request, if it is still there
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._nursery.start_soon(run)
+        await done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def _queued(self, work: Any) -> Any:
+        """``work`` after the next of ``batch_queue_delays``: the request waited for a free PHP worker."""
+        if self.batch_queue_delays:
+            await trio.sleep(self.batch_queue_delays.pop(0))
+        return await work
+
     def _item_window(self) -> float:
         return self.latency.batch_item if self.latency.batch_item > 0 else self.write_window
 
@@ -1478,8 +1513,8 @@ class WooSim:
         @app.route(f"{API}/products/batch", methods=["POST", "PUT", "PATCH"])
         async def products_batch() -> Response:
             body = await sim._body()
-            return _json(await sim._batch(body, create=sim._create_product, lookup=sim._product_for_write,
-                                          render=sim._product_json))
+            return _json(await sim._to_the_end(sim._queued(sim._batch(
+                body, create=sim._create_product, lookup=sim._product_for_write, render=sim._product_json))))
 
         # Variations -------------------------------------------------------
 

@@ -51,6 +51,12 @@ class ShardDeps:
     # -- every stock write that can erase someone else's sale (a Clover read-then-write, an inventory_delta):
     # the witness (actors/witness.py) looks for an order inside its window
     on_write: Callable[[WriteWindow], None] = lambda window: None
+    # -- an inventory_delta whose answer never came may still be applied by the store (PHP goes on after its
+    # client hung up): a missing marker says "not landed" only once this long has passed since the timeout
+    # (app.py: three times woocommerce.timeout), or, when nobody knows whether it was sent (a crash, a
+    # restart mid-write), since the intent was written (woocommerce.timeout)
+    woo_write_grace: float = 90.0
+    woo_crash_grace: float = 30.0
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
     job_attempts: int = 8  # failed attempts after which a recount is reported failed to its job (it keeps retrying)

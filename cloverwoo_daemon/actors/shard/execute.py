@@ -53,7 +53,7 @@ from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.model import Binding, Conflict, StockChange
 from cloverwoo_daemon.core.witness import WriteWindow
 from cloverwoo_daemon.messages import Initialise
-from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError, StockWrite
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError, StockWrite, WriteOutcomeUnknown
 
 log = structlog.get_logger("cloverwoo.shard")
 A = TypeVar("A")
@@ -290,8 +290,19 @@ class MergeExecutor:
                 if attached is not None:
                     change = (binding.woo, plan.woo_delta, intent.marker, attached)
                 started = time.time()
-                (res,) = await d.woo.apply_deltas([change])
+                try:
+                    (res,) = await d.woo.apply_deltas([change])
+                except WriteOutcomeUnknown as exc:
+                    await self._woo_unknown(binding, intent, exc.may_still_land)
+                    raise
+                except RemoteError:
+                    await self._nothing_sent(binding)  # never reached the store: nothing to recover
+                    raise
                 if not res.ok:
+                    if res.unknown:
+                        await self._woo_unknown(binding, intent, res.may_still_land)
+                    else:  # refused, or never attempted: nothing was applied
+                        await self._nothing_sent(binding)
                     refused = RemoteError(f"woocommerce write refused: {res.error}")
                     await self.log_failure(bid, pending, refused)
                     raise MergeFailed(str(refused))
@@ -396,6 +407,20 @@ class MergeExecutor:
             await self.log_failure(bid, pending, refused)
             raise MergeFailed(str(refused))
         return res.quantity
+
+    async def _woo_unknown(self, binding: Binding, intent: core_merge.WriteIntent, may_still_land: bool) -> None:
+        """The delta went out and no answer said whether it landed: recorded, so that recovery waits for a
+        write that may still land before it takes a missing marker for "not landed"."""
+        unknown = msgspec.structs.replace(intent, woo_answer="may_land" if may_still_land else "ended",
+                                          woo_unknown_at=time.time())
+        await self._commit_step(binding, unknown)
+
+    async def _nothing_sent(self, binding: Binding) -> None:
+        """The Woo write certainly did not land (refused, or never reached the store): the intent goes, and
+        the merge that follows plans afresh. Nothing was written to Clover yet (Woo is written first)."""
+        d = self.deps
+        bid = binding.binding_id
+        await d.store.commit_binding(binding, intent="clear", after_commit=lambda: d.intents.pop(bid, None))
 
     async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
         raw = _intent_encoder.encode(intent)

@@ -35,13 +35,16 @@ import time
 from collections.abc import Callable
 
 import msgspec
+import structlog
 
 from cloverwoo_daemon.actors.shard.deps import ShardDeps
 from cloverwoo_daemon.actors.shard.log_rows import identity, row
+from cloverwoo_daemon.actors.shard.scheduler import MergeFailed
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.model import Binding, Conflict, StockChange
 from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError
 
+log = structlog.get_logger("cloverwoo.shard")
 _intent_decoder = msgspec.json.Decoder(core_merge.WriteIntent)
 
 
@@ -59,8 +62,11 @@ async def recover(
     d = deps
     woo_landed: bool | None = None
     woo_note = ""
-    if intent.woo_via == "companion" and intent.woo_delta and not intent.woo_done and binding.version < intent.version:
+    open_woo = intent.woo_delta and not intent.woo_done and binding.version < intent.version
+    if intent.woo_via == "companion" and open_woo:
         woo_landed, woo_note = await _settle_companion_write(d, binding, intent)
+    elif open_woo and (marker is None or str(marker) != intent.marker):
+        _wait_if_it_may_still_land(d, intent)
     recovered, in_doubt = core_merge.recover(binding, intent, marker, woo_landed=woo_landed)
     resolved: dict[str, str] = {}
     for loc in in_doubt:
@@ -110,6 +116,30 @@ async def recover(
 
 
 _DAY = 86400.0
+
+
+def _wait_if_it_may_still_land(d: ShardDeps, intent: core_merge.WriteIntent) -> None:
+    """Raise ``MergeFailed`` (retried later) while the intent's ``inventory_delta`` can still be applied.
+
+    The marker is missing, but PHP goes on with a request whose client hung
+    up: a delta that timed out may land after this read, and taking it for
+    "not landed" now would plan it again, so it would count twice. The answer
+    ended the request (a 5xx, a refusal): the marker tells at once. A timeout
+    or a reset: ``woo_write_grace`` from then. Nobody knows whether it was sent
+    (the daemon stopped mid-write): ``woo_crash_grace`` from the intent.
+    """
+    now = time.time()
+    if intent.woo_answer == "ended" or not intent.created_at:
+        return
+    if intent.woo_answer == "may_land":
+        left = intent.woo_unknown_at + d.woo_write_grace - now
+    else:
+        left = intent.created_at + d.woo_crash_grace - now
+    if left > 0:
+        log.info("woo_write_may_still_land", binding_id=intent.binding_id, wait_s=round(left, 1),
+                 answer=intent.woo_answer or "unknown (the daemon stopped mid-write)")
+        raise MergeFailed(f"its WooCommerce write got no answer and may still land: the marker is checked again "
+                          f"(for {left:.0f} s more) before the change is planned anew")
 
 
 async def _settle_companion_write(
