@@ -65,8 +65,8 @@ import trio
 from cloverwoo_daemon.demo import Ledger, Shoppers, latency_figures, sample_forever
 from cloverwoo_daemon.io.control import DaemonUnreachable, control_call
 from cloverwoo_daemon.messages import ConflictsRequest, LogRequest, StatusRequest
-from cloverwoo_daemon.sim.common import Faults
 from cloverwoo_daemon.sim.accounting import account
+from cloverwoo_daemon.sim.common import Faults
 from cloverwoo_daemon.sim.harness import World, start_world
 from cloverwoo_daemon.sim.woocommerce import Latency
 

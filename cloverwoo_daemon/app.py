@@ -41,8 +41,8 @@ from cloverwoo_daemon.actors.router import LookupOrder, Resolved, RouteEvent, Ro
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
-from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.witness import LossWitness, WitnessDeps
+from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.config import Config, Secrets, parse_duration
 from cloverwoo_daemon.core.alerts import AlertPolicy

@@ -54,8 +54,8 @@ import trio
 
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import CloverItem
-from cloverwoo_daemon.core.witness import CloverOrderSeen
 from cloverwoo_daemon.core.ratelimit import TokenBucket
+from cloverwoo_daemon.core.witness import CloverOrderSeen
 from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 

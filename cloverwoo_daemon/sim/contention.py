@@ -144,8 +144,9 @@ class Contention:
                 f"({self.sales_pos} POS, {self.sales_online} online, {self.refused_online} refused); end Woo "
                 f"{self.woo} / Clover {self.clover}, expected {self.expected}; WooCommerce units lost {lost} "
                 f"(repaired {self.woo_repaired_units}; {self.woo_flagged_writes} writes flagged, suspecting "
-                f"{self.woo_flagged_orders} checkouts, {self.woo_flagged_units:g} units); Clover writes {self.clover_writes}, overwrites recorded "
-                f"{self.clover_overwrites} ({self.clover_race_units} units), flagged "
+                f"{self.woo_flagged_orders} checkouts, {self.woo_flagged_units:g} units); Clover writes "
+                f"{self.clover_writes}, overwrites recorded {self.clover_overwrites} ({self.clover_race_units} units), "
+                f"flagged "
                 f"{self.clover_overwrites_flagged} of them ({self.clover_flagged_writes} Clover writes flagged "
                 f"in all); settled {self.settled}")
 
