@@ -630,6 +630,11 @@ def _print_status(data: dict[str, Any]) -> None:
     sw = data.get("stock_writes")
     if sw is not None:
         console.print(stock_writes_line(sw))
+    wit = data.get("witness")
+    if wit is not None:
+        console.print(f"witness of erased sales: {wit['judged']} writes judged ({wit['pending']} waiting), "
+                      f"{wit['flagged']} flagged, {wit['repaired']} repaired"
+                      + (f", {wit['dropped']} dropped unjudged" if wit.get("dropped") else ""))
     wh = data["webhooks"]
     for source, ts in sorted(wh["last_event"].items()):
         console.print(f"last {source} event: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))}")
