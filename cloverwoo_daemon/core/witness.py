@@ -34,9 +34,11 @@ Rules this module keeps:
   modified) do not say when Clover moved the stock, so a witnessed Clover
   write is flagged with the orders, and the merchant recounts. One thing is
   known from Clover's own clock: the item's stock ``modifiedTime`` as our
-  read saw it. An order last modified strictly before that moved the stock
+  read saw it. An order last modified no later than that moved the stock
   before our read (an order's stock change is made no later than its last
-  modification), so its sale is in the figure we read: not reported.
+  modification), so its sale is in the figure we read: not reported. (Two
+  sales of one item in one millisecond, our read between them, would hide
+  the second: a register rings up one sale at a time.)
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def witness_clover(window: WriteWindow, orders: Iterable[CloverOrderSeen], *, sk
         n = o.units.get(window.item)
         if not n:
             continue
-        if window.stock_modified_ms is not None and o.modified_ms < window.stock_modified_ms:
-            continue  # changed before the stock we read last changed: its sale is in our read
+        if window.stock_modified_ms is not None and o.modified_ms <= window.stock_modified_ms:
+            continue  # changed no later than the stock we read last changed: its sale is in our read
         t = o.modified_ms / 1000.0
         if not _overlaps(t, t, window, skew):
             continue

@@ -124,5 +124,5 @@ def test_an_order_changed_before_the_stock_we_read_last_changed_is_in_our_read()
     """Clover's own clock: the read saw the stock as last changed at T + 0.05 (that sale); it is in the read."""
     w = clover_window(stock_modified_ms=int((T + 0.05) * 1000))
     assert witness_clover(w, [pos("O1", T - 0.3)]) is None
-    assert witness_clover(w, [pos("O1", T + 0.05)]) is not None  # the same ms: cannot tell, reported
+    assert witness_clover(w, [pos("O1", T + 0.05)]) is None  # the sale that made that change: in the read
     assert witness_clover(w, [pos("O1", T + 0.1)]) is not None
