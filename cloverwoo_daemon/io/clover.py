@@ -100,7 +100,7 @@ class Gate:
         # (core.ratelimit). Clover says "16 per second" and documents no burst,
         # so a server counting in a sliding one-second window must never see
         # more than ``rate``: pace at ``rate - burst`` with a burst of one
-        # (15/s for 16/s: a 5,000-item push takes 1.07x the 313 s floor). A
+        # (15/s for 16/s: a 5,000-item push, a read and a write per item, takes 1.07x its floor). A
         # merge's read and write need no burst: ``read_then_write`` books both
         # slots before the read, so they still go back to back.
         b = burst if burst is not None else 1.0
