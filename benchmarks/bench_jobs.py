@@ -11,13 +11,16 @@ its own (simulators seeded, `cloverwoo run` started and settled, then the
 sides made to differ without telling the daemon):
 
 - ``import:N``: `sync import` of N products (1 location, every one differing);
-- ``push:N``: `sync push` of N changed items to one Clover location (16 req/s
-  per token: the floor is N / 16 s), with the share of calls answered 429;
+- ``push:N``: `sync push` of N changed items to one Clover location, each read
+  right before it is written (a figure from the list read, possibly minutes
+  old, would overwrite the POS sales made since): two calls per item at 16
+  req/s per token, so the floor is 2N / 16 s; with the share of calls
+  answered 429;
 - ``push2:N``: the same push with two locations (two merchants, each its own
   token, sharing the per-app limit of 50 req/s and 10 in flight), N items
   written at *each* (deduct ``most_stock``: every item's new WooCommerce
   figure is below each location's stock, so both locations are written). The
-  floor is still N / 16 s: the locations are written in parallel. When a
+  floor is still 2N / 16 s: the locations are written in parallel. When a
   ``push`` of the same N ran before it, the ratio two/one is printed;
 - ``reconcile:N``: `reconcile` of N bindings with nothing to fix.
 
@@ -164,7 +167,7 @@ def floors(kind: str, n: int) -> tuple[float, int]:
         lanes = math.ceil(n / WOO_CONCURRENCY) * WOO.batch_item
         return lists_floor + lanes, list_calls + math.ceil(n / 100)
     if kind in ("push", "push2"):
-        return lists_floor + n / CLOVER_TOKEN_RATE, list_calls + locations * n
+        return lists_floor + 2 * n / CLOVER_TOKEN_RATE, list_calls + 2 * locations * n  # a read, then the write
     return lists_floor, list_calls
 
 

@@ -30,7 +30,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], float]] = {
     "admin_reads": ("bench_admin_reads.py", [], ["--rows", "50000", "--acks", "100"], 180.0),
     "sync": ("bench_sync.py", ["--seconds", "15", "--chaos-runs", "3", "--chaos-seconds", "5"],
              ["--seconds", "5", "--rate", "50", "--products", "100", "--chaos-runs", "1", "--chaos-seconds", "3"],
-             300.0),
+             600.0),  # each chaos seed runs twice: without the WordPress companion and with it
     # propagation with 1, 3 and 10 locations, and with one location of three down (~2 min)
     "locations": ("bench_locations.py", ["--seconds", "10", "--down-seconds", "15"],
                   ["--seconds", "5", "--products", "50", "--down-seconds", "8", "--down-products", "30"], 300.0),

@@ -30,6 +30,7 @@ import trio
 from cloverwoo_daemon.actors.admin import Admin, WebhookHealth
 from cloverwoo_daemon.actors.alerts import AlertActor, AlertDeps
 from cloverwoo_daemon.actors.bindings import BindingTable, shard_of
+from cloverwoo_daemon.actors.companion import CompanionWatch
 from cloverwoo_daemon.actors.exclusions import Exclusions
 from cloverwoo_daemon.actors.health import HealthActor, HealthDeps
 from cloverwoo_daemon.actors.intake import Intake, decode_event
@@ -40,6 +41,7 @@ from cloverwoo_daemon.actors.router import LookupOrder, Resolved, RouteEvent, Ro
 from cloverwoo_daemon.actors.shard import ShardActor, ShardDeps
 from cloverwoo_daemon.actors.stock_policy import StockPolicyActor, StockPolicyDeps
 from cloverwoo_daemon.actors.supervisor import Supervisor
+from cloverwoo_daemon.actors.witness import LossWitness, WitnessDeps
 from cloverwoo_daemon.actors.woo_batcher import BatchingWoo
 from cloverwoo_daemon.actors.woo_poller import WooPoller
 from cloverwoo_daemon.config import Config, Secrets, parse_duration
@@ -168,6 +170,8 @@ async def run_daemon(
             on_event=health.saw,
         ))
         batching_woo = BatchingWoo(woo, max_parallel=max(1, cfg.woocommerce.max_in_flight))
+        woo_timeout = parse_duration(cfg.woocommerce.timeout, key="woocommerce.timeout") or 30.0
+        companion = CompanionWatch(woo)  # writes go through the WordPress companion while it answers
         alerts = build_alerts(cfg, secrets, store, table, on_sent=metrics.alert_sent)
         # -- out-of-stock behaviour, fed after the alert actor by the same on_stock hook
         woo_admin = cast(WooClient, woo)  # build_clients makes a WooClient: presentation and webhook calls too
@@ -189,9 +193,14 @@ async def run_daemon(
             store=store, woo=batching_woo, clovers=clovers, table=table, merge_config=mcfg, settled=settled_send,
             intents=intents, on_merge=metrics.observe_merge, on_conflict=conflict_seen,
             on_stock=stock_seen, on_failure=alerts.notice_failure,
-            reach=reach,
+            reach=reach, companion=companion.current, companion_gone=companion.gone,
+            woo_write_grace=3 * woo_timeout, woo_crash_grace=woo_timeout,
         )
         shards = [ShardActor(i, shard_deps) for i in range(cfg.sync.shards)]
+        # -- the witness: orders feeds against the windows our own writes leave (erased sales found)
+        witness = LossWitness(WitnessDeps(store=store, woo=batching_woo, clovers=clovers, table=table,
+                                          shards=[s for s, _ in shard_chans], on_conflict=conflict_seen))
+        shard_deps.on_write = witness.record
         clover_poll = parse_duration(cfg.clover.poll_every, key="clover.poll_every")
         locations = {
             name: LocationActor(name, client, store, table, router_send, clover_poll,
@@ -255,6 +264,8 @@ async def run_daemon(
         shard_deps.excluded_sku = exclusions.excluded_sku
         jobs.excluded_sku = exclusions.excluded_sku
         admin.exclusions = exclusions
+        admin.companion = companion
+        admin.witness = witness
         refresh_metrics = watch(metrics, store=store, table=table, shards=shards,
                                 shard_inboxes=[s for s, _ in shard_chans])
 
@@ -262,6 +273,8 @@ async def run_daemon(
         async with trio.open_nursery() as actors:
             await actors.start(supervisor.supervise, "intake", intake.run)
             await actors.start(supervisor.supervise, "woo-writer", batching_woo.run)
+            await actors.start(supervisor.supervise, "companion", companion.run)  # asks once before going on
+            await actors.start(supervisor.supervise, "witness", witness.run)
             for name, provider in providers.items():
                 await actors.start(supervisor.supervise, f"oauth-{name}", provider.keep_fresh)
             await actors.start(supervisor.supervise, "router",

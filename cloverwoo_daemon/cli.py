@@ -447,10 +447,13 @@ async def _preflight_then_run(cfg: Config, secrets: Any, run_daemon: Any) -> Non
         for c in checks:
             if c.ok:
                 log.info("preflight", ok=True, check=c.subject, result=c.line())
+            elif c.advisory:  # advice the daemon runs without (the companion): a warning, not a failure
+                log.warning("preflight", ok=False, advisory=True, check=c.subject, result=c.line())
             else:
                 log.error("preflight", ok=False, check=c.subject, result=c.line())
-        failed = sum(not c.ok for c in checks)
-        (log.error if failed else log.info)("preflight_done", checks=len(checks), failed=failed)
+        failed = sum(not c.ok and not c.advisory for c in checks)
+        advice = sum(not c.ok and c.advisory for c in checks)
+        (log.error if failed else log.info)("preflight_done", checks=len(checks), failed=failed, advice=advice)
     await run_daemon(cfg, secrets)
 
 
@@ -624,6 +627,14 @@ def _print_status(data: dict[str, Any]) -> None:
         console.print(f"location {name}: {state}, polls {loc['polls']}")
     wp = data["woocommerce_poll"]
     console.print(f"woocommerce: {'reachable' if wp['reachable'] else '[red]UNREACHABLE[/red]'}, polls {wp['polls']}")
+    sw = data.get("stock_writes")
+    if sw is not None:
+        console.print(stock_writes_line(sw))
+    wit = data.get("witness")
+    if wit is not None:
+        console.print(f"witness of erased sales: {wit['judged']} writes judged ({wit['pending']} waiting), "
+                      f"{wit['flagged']} flagged, {wit['repaired']} repaired"
+                      + (f", {wit['dropped']} dropped unjudged" if wit.get("dropped") else ""))
     wh = data["webhooks"]
     for source, ts in sorted(wh["last_event"].items()):
         console.print(f"last {source} event: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))}")
@@ -649,6 +660,17 @@ def _print_status(data: dict[str, Any]) -> None:
                       + (f": {listed}" if ex["count"] else ""))
         if ex["not_bound"]:
             console.print(f"  not bound yet (excluded when they are): {', '.join(ex['not_bound'])}")
+
+
+def stock_writes_line(sw: dict[str, Any]) -> str:
+    """Whether WooCommerce stock writes are atomic: ``✓ companion vN`` or ``✗`` with the one-line install."""
+    if sw.get("atomic"):
+        webhooks = {True: "webhooks synchronous", False: "webhooks asynchronous"}.get(sw.get("sync_webhooks"),
+                                                                                    "webhook mode unknown")
+        return f"stock writes: ✓ atomic (companion v{sw.get('companion')}; {webhooks})"
+    unknown = " (not asked yet)" if sw.get("checked_at") is None else ""
+    return (f"stock writes: ✗ not atomic{unknown}: a checkout during a daemon stock write can be lost; "
+            f"{sw.get('install')}")
 
 
 def _job(args: argparse.Namespace, req: ControlRequest) -> int:

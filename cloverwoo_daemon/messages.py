@@ -115,7 +115,15 @@ class SetExcluded(msgspec.Struct, frozen=True, tag="set_excluded"):
 
 
 
-ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock | SetExcluded
+class RepairErased(msgspec.Struct, frozen=True, tag="repair_erased"):
+    """Checkouts our own write erased, proven by their orders (``core.witness``): take them off both sides."""
+
+    binding_id: str
+    units: int
+    evidence: str  # JSON: the write's window and the order that proves it
+
+
+ShardCommand = MarkDirty | CatalogueUpdate | Initialise | SetStock | SetExcluded | RepairErased
 
 
 class EventsSettled(msgspec.Struct, frozen=True, tag="settled"):

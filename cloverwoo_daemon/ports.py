@@ -30,6 +30,7 @@ from cloverwoo_daemon.core.model import (
     WooWriteResult,
 )
 from cloverwoo_daemon.core.stock_policy import Change, Presentation
+from cloverwoo_daemon.core.witness import CloverOrderSeen, StockNote, WooOrderSeen
 
 
 class RemoteError(Exception):
@@ -42,6 +43,21 @@ class PermanentError(RemoteError):
 
 class NotFound(PermanentError):
     """The object does not exist (deleted Clover item, trashed Woo product)."""
+
+
+class WriteOutcomeUnknown(RemoteError):
+    """A write may or may not have been applied: it was sent and no answer said which.
+
+    ``may_still_land`` is True when the request may still be running on the
+    store (a timeout, a connection reset, a gateway's 504): PHP does not stop
+    a request whose client went away, so it can apply the write later. False
+    when the store answered (another 5xx, a 2xx that is not JSON): the request
+    ended, one way or the other.
+    """
+
+    def __init__(self, message: str, *, may_still_land: bool = True) -> None:
+        super().__init__(message)
+        self.may_still_land = may_still_land
 
 
 class CompanionMissing(PermanentError):
@@ -64,10 +80,11 @@ class CloverPort(Protocol):
 
     async def read_then_write(
         self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
-    ) -> tuple[int, int] | None:
+    ) -> tuple[int, int, int | None] | None:
         """Fresh read, ``before_write(target)``, absolute write of read + delta, admitted as one unit.
 
-        Returns (read, written); None when the item has no stock record.
+        Returns (read, written, the stock's modifiedTime as read, unix ms, when Clover gave it); None when
+        the item has no stock record.
         """
         ...
 
@@ -90,13 +107,18 @@ class CloverPort(Protocol):
         """Item ids in the line items of one order (for an ``O:`` webhook)."""
         ...
 
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        """Orders modified since ``since_ms`` with their units per item (the witness of our writes)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
-# -- a Woo stock write, optionally with extra product meta sent in the same request
+# -- a Woo stock write: (ref, inventory_delta, marker[, extra meta]). The marker is the write id recorded in
+# product meta in the same request (None: the marker is left alone). Extra meta is sent in the same request
 # (``_cloverwoo_location_stock`` in per-location mode). A delta of 0 with meta writes the meta only; a
-# value of None removes the key (the REST API's ``update_meta_data(key, null)``).
-StockWrite = tuple[WooRef, int, int] | tuple[WooRef, int, int, dict[str, str | None]]
+# meta value of None removes the key (the REST API's ``update_meta_data(key, null)``).
+StockWrite = tuple[WooRef, int, str | None] | tuple[WooRef, int, str | None, dict[str, str | None]]
 
 
 class WooPort(Protocol):
@@ -109,10 +131,10 @@ class WooPort(Protocol):
     async def apply_deltas(
         self, changes: Sequence[StockWrite]  # was list[tuple[WooRef, int, int]]
     ) -> list[WooWriteResult]:
-        """Apply ``(ref, inventory_delta, version_marker[, meta])`` changes; batches of ≤ 100 per call.
+        """Apply ``(ref, inventory_delta, marker[, meta])`` changes; batches of ≤ 100 per call.
 
         Each change writes ``inventory_delta`` and the product meta marker
-        ``_cloverwoo_version`` in the same request. Per-item errors come back
+        ``_cloverwoo_version`` (the intent's write id) in the same request. Per-item errors come back
         as ``ok=False`` results, never as an exception.
         """
         ...
@@ -148,6 +170,14 @@ class WooPort(Protocol):
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         """Refs in the line items of one order."""
+        ...
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        """Orders modified after the ISO GMT cursor: paid when, what each checkout took (the witness)."""
+        ...
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        """What an order's notes say it did to stock (``Name (12→10)``)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -82,6 +82,8 @@ class Admin:
     stock_policy: Any = None
     health_monitor: Any = None
     exclusions: Any = None  # set by app.py: actors.exclusions.Exclusions
+    companion: Any = None  # set by app.py: actors.companion.CompanionWatch (whether stock writes are atomic)
+    witness: Any = None  # set by app.py: actors.witness.LossWitness (sales our writes may have erased)
     intake: Any = None  # set by app.py: actors.intake.Intake (its overflow is queued work too)
 
     async def handle(self, req: ControlRequest) -> ControlResponse | AsyncIterator[ControlResponse]:
@@ -377,6 +379,8 @@ class Admin:
                 "last_dry_run": {k: _job_summary(v) for k, v in self.jobs.last_dry_run.items()},
                 "catalogue": self.jobs.report,
             },
+            "stock_writes": self.companion.summary() if self.companion is not None else None,
+            "witness": self.witness.summary() if self.witness is not None else None,
             "store": msgspec.to_builtins(stats) if stats is not None else None,
             "exclusions": self.exclusions.summary() if self.exclusions is not None else None,
         }

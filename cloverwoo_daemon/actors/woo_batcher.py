@@ -11,9 +11,13 @@ Rules:
   section 9).
 - Per-binding serialisation stays the shard's job: a binding has at most one
   write in flight, so one batch never holds two writes to one product.
+- Two kinds of write are batched, each with its own kind only:
+  ``apply_deltas`` (``inventory_delta`` with the meta marker, to
+  ``/products/batch``) and ``apply_changes`` (the WordPress companion's
+  ``/stock``, exactly once by write id).
 - Each caller gets its own result; when the whole call fails every caller
-  gets the exception and retries through its merge (the version marker tells
-  whether its delta landed). A batch cut short (the writer restarted) fails
+  gets the exception and retries through its merge (the meta marker, or the
+  companion's write id, tells whether its change landed). A batch cut short (the writer restarted) fails
   its callers with ``RemoteError``: the same retry, never a cancellation
   carried from the writer's task into theirs.
 - Work queued when the writer restarts is sent by the next incarnation.
@@ -23,18 +27,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import trio
 
-from cloverwoo_daemon.core.model import WooItem, WooRef, WooStock, WooWriteResult
-from cloverwoo_daemon.ports import RemoteError, StockWrite, WooPort
+from cloverwoo_daemon.core.model import (
+    CompanionInfo,
+    StockChange,
+    StockChangeResult,
+    WooItem,
+    WooRef,
+    WooStock,
+    WooWriteResult,
+)
+from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen
+from cloverwoo_daemon.ports import StockWrite, WooPort, WriteOutcomeUnknown
+
+Kind = Literal["deltas", "changes"]
 
 
 @dataclass
 class _Waiter:
-    changes: list[StockWrite]  # may carry extra meta
+    kind: Kind
+    changes: list[Any]  # StockWrite (may carry extra meta) for "deltas", StockChange for "changes"
     done: trio.Event = field(default_factory=trio.Event)
-    results: list[WooWriteResult] | None = None
+    results: list[Any] | None = None
     error: Exception | None = None
 
 
@@ -72,21 +89,32 @@ class BatchingWoo:
         return sum(len(w.changes) for w in self._queue)
 
     def _take(self) -> list[_Waiter]:
+        """The next batch: waiters of the first waiter's kind, in order, up to ``max_batch`` changes."""
         batch: list[_Waiter] = []
+        if not self._queue:
+            return batch
+        kind = self._queue[0].kind
         size = 0
-        while self._queue and size + len(self._queue[0].changes) <= self.max_batch:
-            w = self._queue.pop(0)
-            batch.append(w)
-            size += len(w.changes)
-        if not batch and self._queue:  # a single caller larger than a batch: the client splits it
-            batch.append(self._queue.pop(0))
+        rest: list[_Waiter] = []
+        for w in self._queue:
+            if w.kind == kind and size + len(w.changes) <= self.max_batch:
+                batch.append(w)
+                size += len(w.changes)
+            else:
+                rest.append(w)
+        if not batch:  # a single caller larger than a batch: the client splits it
+            batch.append(rest.pop(0))
+        self._queue[:] = rest
         return batch
 
     async def _send(self, batch: list[_Waiter]) -> None:
         try:
             changes = [c for w in batch for c in w.changes]
             try:
-                results = await self.woo.apply_deltas(changes)
+                if batch[0].kind == "changes":
+                    results: list[Any] = await self.woo.apply_changes(changes)
+                else:
+                    results = await self.woo.apply_deltas(changes)
             except Exception as exc:  # every caller gets it, in its own task (cancellation is not caught)
                 for w in batch:
                     w.error = exc
@@ -102,16 +130,28 @@ class BatchingWoo:
             self._in_flight -= 1
             self._wakeup.set()  # what gathered meanwhile may go now
             for w in batch:
-                if w.results is None and w.error is None:
-                    w.error = RemoteError("woocommerce batch cut short (the writer restarted); retried")
+                if w.results is None and w.error is None:  # its request may have gone out: may still land
+                    w.error = WriteOutcomeUnknown("woocommerce batch cut short (the writer restarted); retried")
                 w.done.set()
 
     # -------------------------------------------------------------- WooPort
 
     async def apply_deltas(self, changes: Sequence[StockWrite]) -> list[WooWriteResult]:
+        results: list[WooWriteResult] = await self._wait("deltas", changes)
+        return results
+
+    async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
+        """Through the companion, batched with other callers' changes (each write id appears once per call)."""
+        results: list[StockChangeResult] = await self._wait("changes", changes)
+        return results
+
+    async def companion(self) -> CompanionInfo | None:
+        return await self.woo.companion()
+
+    async def _wait(self, kind: Kind, changes: Sequence[Any]) -> list[Any]:
         if not changes:
             return []
-        w = _Waiter(list(changes))
+        w = _Waiter(kind, list(changes))
         self._queue.append(w)
         self._wakeup.set()
         try:
@@ -138,6 +178,12 @@ class BatchingWoo:
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         return await self.woo.order_refs(order_id)
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        return await self.woo.orders_since(modified_after=modified_after)
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        return await self.woo.stock_notes(order_id)
 
     async def aclose(self) -> None:
         await self.woo.aclose()

@@ -50,8 +50,12 @@ Rules this module keeps (sync-model.md is the spec):
   not flagged again at every merge. Both sides moving in one window is
   flagged ``concurrent`` (information, not a conflict).
 - Crash safety: the actor persists a :class:`WriteIntent` before the first
-  write and with every step. The Woo write carries ``Plan.version`` as a
-  product meta marker, so :func:`recover` can tell whether it landed. A
+  write and with every step. Each intent carries a write id, unique per
+  binding and write (chosen by the actor, random, never derived from the
+  version: a duplicated or re-bound product carries an older binding's
+  marker). The Woo write sends it as a product meta marker with an
+  ``inventory_delta``, or as the companion's write id, so :func:`recover` can
+  tell whether it landed. A
   Clover write has no marker: a location written but not yet committed is
   the one remote window the core cannot settle; :func:`recover` returns
   those locations and the caller decides (by comparing a fresh read with the
@@ -71,6 +75,7 @@ Mode = Literal["aggregate", "single", "per-location"]
 SourceOfTruth = Literal["clover", "woo"]
 FlagKind = Literal["oversell", "concurrent"]
 FlagSide = Literal["woo", "clover", "both"]
+WooVia = Literal["delta", "companion"]  # inventory_delta + meta marker, or the WordPress companion by write id
 
 _MODES = ("aggregate", "single", "per-location")
 
@@ -87,6 +92,7 @@ __all__ = [
     "finish",
     "finish_from_intent",
     "intent_for",
+    "owe_erased",
     "plan_merge",
     "recover",
 ]
@@ -178,6 +184,13 @@ class WriteIntent(msgspec.Struct, frozen=True):
     sent, committed concurrently with the write so that the read-to-write
     window stays one round trip. Together they let :func:`recover`'s caller
     tell whether an in-doubt write landed, or flag it when it cannot.
+
+    ``write_id`` names the Woo write: the product meta marker sent with an
+    ``inventory_delta`` (``woo_via == "delta"``), or the WordPress companion's
+    write id (``"companion"``), which makes a resend apply nothing twice.
+    Intents written before write ids existed have none: their marker is the
+    version. ``created_at`` (unix seconds) bounds how long a companion write
+    may be resent (the companion forgets write ids after some days).
     """
 
     binding_id: str
@@ -190,6 +203,18 @@ class WriteIntent(msgspec.Struct, frozen=True):
     clover_done: tuple[str, ...] = ()
     clover_targets: dict[str, int] = msgspec.field(default_factory=dict)
     clover_started: tuple[str, ...] = ()
+    write_id: str = ""
+    woo_via: WooVia = "delta"
+    created_at: float = 0.0
+    # an inventory_delta sent and not answered: "ended" (the store answered: the marker tells at once) or
+    # "may_land" (a timeout, a reset: PHP may apply it later), seen at ``woo_unknown_at`` (unix seconds)
+    woo_answer: Literal["", "ended", "may_land"] = ""
+    woo_unknown_at: float = 0.0
+
+    @property
+    def marker(self) -> str:
+        """What the Woo product's meta marker holds once this intent's delta landed."""
+        return self.write_id or str(self.version)
 
 
 # --------------------------------------------------------------------------
@@ -285,15 +310,22 @@ def plan_merge(binding: Binding, reads: Reads, cfg: MergeConfig) -> Plan:
 # Steps: each moves the bases by exactly what one write transferred
 
 
-def intent_for(binding: Binding, plan: Plan) -> WriteIntent:
-    """The intent to persist before the first write of ``plan``."""
+def intent_for(binding: Binding, plan: Plan, *, write_id: str = "", via: WooVia = "delta",
+               now: float = 0.0) -> WriteIntent:
+    """The intent to persist before the first write of ``plan``.
+
+    ``write_id`` must be unique per binding and write (the caller draws it at
+    random); ``via`` says how the Woo delta is sent; ``now`` is the wall clock.
+    """
     if plan.skip or plan.expected_woo is None:
         raise ValueError(f"plan for {plan.binding_id} writes nothing ({plan.skip})")
     if plan.binding_id != binding.binding_id:
         raise ValueError(f"plan for {plan.binding_id} applied to {binding.binding_id}")
+    if via not in ("delta", "companion"):
+        raise ValueError(f"woo writes go by delta or companion, not {via!r}")
     return WriteIntent(binding_id=plan.binding_id, version=plan.version, woo_delta=plan.woo_delta,
                        expected_woo=plan.expected_woo, clover_deltas=dict(plan.clover_deltas),
-                       clover_reads=dict(plan.clover_reads))
+                       clover_reads=dict(plan.clover_reads), write_id=write_id, woo_via=via, created_at=now)
 
 
 def _woo_step(binding: Binding, expected_woo: int, clover_deltas: dict[str, int],
@@ -353,15 +385,45 @@ def finish_from_intent(binding: Binding, intent: WriteIntent) -> Binding:
     return msgspec.structs.replace(binding, version=max(binding.version, intent.version))
 
 
-def recover(binding: Binding, intent: WriteIntent, woo_marker: int | None) -> tuple[Binding, tuple[str, ...]]:
+def owe_erased(binding: Binding, units: int, cfg: MergeConfig) -> tuple[Binding, str]:
+    """The bases that make the next merge take ``units`` erased sales off both sides; (binding, location).
+
+    A checkout our own write erased was never seen by either side: both hold
+    ``units`` too many, and agree. Raising ``base_woo`` and one location's
+    base by ``units`` makes the next merge see ``-units`` on each side, so it
+    sends ``-units`` to WooCommerce and routes ``-units`` to Clover like any
+    online sale; ``base_woo == sum(base_clover)`` still holds. The location is
+    the primary when it has a base, else the first active one that has.
+
+    Error handling: ``ValueError`` when the binding was never synced (no
+    bases: a recount decides its figures anyway) or ``units`` is not positive.
+    """
+    if units <= 0:
+        raise ValueError(f"{binding.binding_id}: {units} erased units is not a repair")
+    if binding.base_woo is None:
+        raise ValueError(f"{binding.binding_id} was never synced: nothing to repair against")
+    order = [cfg.primary, *(loc for loc in cfg.active if loc != cfg.primary)]
+    loc = next((x for x in order if x in binding.clover_items and binding.base_clover.get(x) is not None), None)
+    if loc is None:
+        raise ValueError(f"{binding.binding_id} has no synced location to repair against")
+    base = binding.base_clover[loc]
+    assert base is not None
+    return msgspec.structs.replace(binding, base_woo=binding.base_woo + units,
+                                   base_clover={**binding.base_clover, loc: base + units}), loc
+
+
+def recover(
+    binding: Binding, intent: WriteIntent, woo_marker: str | int | None, *, woo_landed: bool | None = None,
+) -> tuple[Binding, tuple[str, ...]]:
     """Finish what can be proven of a merge a crash interrupted; return the Clover locations in doubt.
 
     ``binding`` is as last committed (its steps already include every step the
-    intent records as done). ``woo_marker`` is the version marker read back
-    from the Woo product now.
+    intent records as done). ``woo_marker`` is the meta marker read back
+    from the Woo product now; ``woo_landed``, when given, settles the Woo write
+    instead (a companion write is settled by resending its write id).
 
     Error handling: the Woo write is settled by its marker (equal to
-    ``intent.version``: it landed, so its step is applied here). The actor
+    ``intent.marker``: it landed, so its step is applied here). The actor
     writes Woo before any Clover location, so a Woo write that did not land
     means no Clover write was sent: nothing is in doubt, and the whole change
     stays pending for the next merge. Otherwise the locations with a delta
@@ -376,7 +438,9 @@ def recover(binding: Binding, intent: WriteIntent, woo_marker: int | None) -> tu
     if binding.version >= intent.version:
         return binding, ()  # already finished and committed: the intent is stale
     woo_done = intent.woo_done
-    if not woo_done and (intent.woo_delta == 0 or woo_marker == intent.version):
+    if woo_landed is None:
+        woo_landed = woo_marker is not None and str(woo_marker) == intent.marker
+    if not woo_done and (intent.woo_delta == 0 or woo_landed):
         binding = after_woo_step_from_intent(binding, intent)
         woo_done = True
     if not woo_done:

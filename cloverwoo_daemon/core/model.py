@@ -87,7 +87,7 @@ class WooStock(msgspec.Struct, frozen=True):
     ref: WooRef
     manage_stock: bool
     quantity: int | None
-    version_marker: int | None  # our product meta marker, if present
+    version_marker: str | None  # our product meta marker (the last write id sent with a delta), if present
     sku: str | None = None
     status: str = "publish"  # "trash": the merchant deleted it; the binding is dropped
 
@@ -99,6 +99,8 @@ class WooWriteResult(msgspec.Struct, frozen=True):
     ok: bool
     quantity: int | None = None  # stock as returned by the write
     error: str | None = None
+    unknown: bool = False  # not ok, and it may have been applied all the same (sent, no answer said)
+    may_still_land: bool = False  # unknown, and the request may still be running on the store
 
 
 class StockChange(msgspec.Struct, frozen=True):

@@ -15,11 +15,17 @@ Rules:
   closes the gate named by its ``X-RateLimit-*`` header until then, so the
   other requests of that scope stop too instead of earning a longer penalty.
   After the last attempt: ``ports.RemoteError``. 404: ``ports.NotFound``;
-  any other 4xx: ``ports.PermanentError``. Stock writes are absolute, so a
-  retried write cannot apply twice.
+  any other 4xx: ``ports.PermanentError``. A stock write is never resent
+  once it was sent and not answered (a 5xx, a timeout, a reset): it is
+  absolute, so a resend would set the count again over a sale that landed
+  after the first attempt. Only a write that certainly never arrived (a
+  connection that never opened, a 429) is sent again.
 - Payloads are decoded into msgspec structs that ignore unknown fields.
-  Quantities are rounded half up to whole units at this edge; an item with no
-  stock record has quantity ``None`` (unknown), never 0.
+  Clover holds decimal quantities (items sold by weight); the daemon counts
+  whole units, the whole part toward minus infinity (``whole_units``: 2.4 is
+  2, -0.5 is -1), so a shop never shows more than Clover holds. A change is
+  applied to the quantity as read, fraction kept (2.4 less 1 is 1.4, not 1).
+  An item with no stock record has quantity ``None`` (unknown), never 0.
 - The token goes in the ``Authorization`` header only: never in a log line,
   an exception message or a ``repr``. It is either static (a sandbox or
   dashboard token) or asked of a ``TokenProvider`` before every request
@@ -49,10 +55,11 @@ import trio
 from cloverwoo_daemon.core.backoff import Backoff, parse_retry_after
 from cloverwoo_daemon.core.model import CloverItem
 from cloverwoo_daemon.core.ratelimit import TokenBucket
+from cloverwoo_daemon.core.witness import CloverOrderSeen
 from cloverwoo_daemon.io.metrics import ClientHooks
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 
-__all__ = ["AppGate", "CloverClient", "Gate", "TokenProvider", "round_quantity"]
+__all__ = ["AppGate", "CloverClient", "Gate", "TokenProvider", "whole_units"]
 
 log = structlog.get_logger("cloverwoo.clover")
 
@@ -66,11 +73,15 @@ _TOKEN_HEADERS = ("X-RateLimit-tokenLimit", "X-RateLimit-tokenConcurrentLimit")
 _APP_HEADERS = ("X-RateLimit-crossTokenLimit", "X-RateLimit-crossTokenConcurrentLimit")
 
 
-def round_quantity(q: float | None) -> int | None:
-    """Clover's float stock to whole units, half up like Clover's own ``stockCount`` (160.5 -> 161)."""
+def whole_units(q: float | None) -> int | None:
+    """Clover's decimal stock as the whole units a shop may sell: the floor (2.4 -> 2, -0.5 -> -1).
+
+    Not Clover's ``stockCount`` (rounded half up: 2.5 -> 3), which would show
+    a half-sold unit as whole and sell it online.
+    """
     if q is None or not math.isfinite(q):
         return None
-    return math.floor(q + 0.5)
+    return math.floor(q + 1e-9)  # 2.9999999999 from float arithmetic on 3 is still 3
 
 
 # --------------------------------------------------------------------------
@@ -89,7 +100,7 @@ class Gate:
         # (core.ratelimit). Clover says "16 per second" and documents no burst,
         # so a server counting in a sliding one-second window must never see
         # more than ``rate``: pace at ``rate - burst`` with a burst of one
-        # (15/s for 16/s: a 5,000-item push takes 1.07x the 313 s floor). A
+        # (15/s for 16/s: a 5,000-item push, a read and a write per item, takes 1.07x its floor). A
         # merge's read and write need no burst: ``read_then_write`` books both
         # slots before the read, so they still go back to back.
         b = burst if burst is not None else 1.0
@@ -175,20 +186,28 @@ class _Items(msgspec.Struct):
 class _StockWrite(msgspec.Struct):
     quantity: float | None = None
     stockCount: float | None = None
+    modifiedTime: int | None = None  # when the stock last changed (Clover's clock, unix ms)
 
 
 class _LineItem(msgspec.Struct):
     item: _Ref | None = None  # absent for a custom (manual) line
+    unitQty: int | None = None  # PER_UNIT items only: units x 1000
 
 
 class _LineItems(msgspec.Struct):
     elements: list[_LineItem] = msgspec.field(default_factory=list)
 
 
+class _Elements(msgspec.Struct):
+    elements: list[Any] = msgspec.field(default_factory=list)
+
+
 class _Order(msgspec.Struct):
     id: str
     modifiedTime: int | None = None
     lineItems: _LineItems | None = None
+    paymentState: str | None = None
+    refunds: _Elements | None = None
 
 
 class _Orders(msgspec.Struct):
@@ -202,7 +221,7 @@ def _to_item(raw: _Item) -> CloverItem:
         item_id=raw.id,
         name=raw.name,
         sku=sku or None,
-        quantity=round_quantity(quantity),
+        quantity=whole_units(quantity),
         item_group_id=raw.itemGroup.id if raw.itemGroup else None,
         modified_time=raw.modifiedTime or 0,
         deleted=raw.deleted,
@@ -286,18 +305,22 @@ class CloverClient:
     # ------------------------------------------------------------ transport
 
     async def _request(
-        self, method: str, path: str, *, what: str, params: Any = None, json: Any = None
+        self, method: str, path: str, *, what: str, params: Any = None, json: Any = None,
+        resend_unanswered: bool = True,
     ) -> bytes:
         """One call with gates and bounded retries; returns the body of a 2xx answer.
 
         ``what`` names the endpoint in logs and errors (``"GET items"``), so no
-        message carries a full URL or a header.
+        message carries a full URL or a header. With ``resend_unanswered``
+        False, an attempt that was sent and not answered (a 5xx, a timeout, a
+        reset) ends the call with ``RemoteError`` instead of a resend.
         """
         attempt = 0
         renewed = False  # one new token per call after a 401; a second 401 is final
         while True:
             attempt += 1
             retry_after: float | None = None
+            unanswered = False  # sent, and no answer that says whether it was applied
             headers = None
             if self._tokens is not None:  # fetched outside the gates: a refresh must not hold a slot
                 headers = {"Authorization": f"Bearer {await self._tokens.access_token()}"}
@@ -305,10 +328,14 @@ class CloverClient:
                 async with _admitted(self.token_gate, self.app_gate):
                     resp = await self._http.request(method, self._prefix + path, params=params, json=json,
                                                     headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                reason = f"connection error ({type(exc).__name__})"  # never sent: safe to send again
             except httpx.TimeoutException as exc:
                 reason = f"timeout ({type(exc).__name__})"
+                unanswered = True
             except httpx.TransportError as exc:
                 reason = f"connection error ({type(exc).__name__})"
+                unanswered = True
             else:
                 status = resp.status_code
                 if self.on_attempt is not None and status < 500:  # it answered
@@ -320,6 +347,7 @@ class CloverClient:
                     reason = "429 Too Many Requests"
                 elif status >= 500:
                     reason = f"HTTP {status}"
+                    unanswered = True
                 elif status == 404:
                     raise NotFound(f"clover {self.location}: {what}: 404 {_message(resp)}")
                 elif status == 401 and self._tokens is not None and not renewed:
@@ -333,6 +361,10 @@ class CloverClient:
                     raise PermanentError(f"clover {self.location}: {what}: HTTP {status} {_message(resp)}")
             if self.on_attempt is not None and retry_after is None:  # no answer (a 429 is an answer)
                 self.on_attempt(False, reason)
+            if unanswered and not resend_unanswered:
+                self._log.warning("clover_write_outcome_unknown", what=what, reason=reason)
+                raise RemoteError(f"clover {self.location}: {what}: {reason} (it may have been applied; "
+                                  "not resent)")
             delay = self.backoff.next_delay(attempt, retry_after=retry_after, rng=self._rng)
             if delay is None:
                 self._log.warning("clover_request_failed", what=what, attempts=attempt, reason=reason)
@@ -380,12 +412,17 @@ class CloverClient:
         except NotFound:
             await self._get(f"/items/{item_id}", what="GET items/{id}")  # raises NotFound if the item is gone
             return None
-        return round_quantity(self._decode(raw, _StockWrite, what).quantity)
+        return whole_units(self._decode(raw, _StockWrite, what).quantity)
 
     async def read_then_write(
         self, item_id: str, delta: int, before_write: Callable[[int], Awaitable[None]]
-    ) -> tuple[int, int] | None:
-        """Read an item's stock fresh and write ``read + delta``, back to back; returns (read, written).
+    ) -> tuple[int, int, int | None] | None:
+        """Read an item's stock fresh and write ``read + delta``, back to back; returns (read, written, the
+        stock's ``modifiedTime`` as read: the witness's lower bound, see ``core.witness``).
+
+        The change is applied to the quantity as Clover holds it, fraction
+        kept (2.4 read, -1: 1.4 written); the figures returned and given to
+        ``before_write`` are whole units (``whole_units``), 2 and 1 there.
 
         Clover has no relative or conditional write, so a POS sale landing
         between the read and the write is overwritten. This keeps that window
@@ -413,10 +450,13 @@ class CloverClient:
                 read = await self._raw("GET", f"/item_stocks/{item_id}", "GET item_stocks/{id}", headers)
                 if read is None:
                     return None
-                fresh = round_quantity(self._decode(read, _StockWrite, "GET item_stocks/{id}").quantity)
-                if fresh is None:
+                stock = self._decode(read, _StockWrite, "GET item_stocks/{id}")
+                raw_q = stock.quantity
+                fresh = whole_units(raw_q)
+                if fresh is None or raw_q is None:
                     return None
                 target = fresh + delta
+                exact = round(raw_q + delta, 6)  # the fraction stays; floats are cleaned to Clover's precision
                 # the nursery wraps a failed POST in an ExceptionGroup (strict groups), which slipped
                 # past every ``except RemoteError`` and crashed the shard actor; a lone failure comes out bare.
                 try:
@@ -424,14 +464,14 @@ class CloverClient:
                         n.start_soon(before_write, target)
                         raw = await self._counted_write(self._raw(
                             "POST", f"/item_stocks/{item_id}", "POST item_stocks/{id}", headers,
-                            json={"quantity": target}))
+                            json={"quantity": int(exact) if exact == int(exact) else exact}))
                 except ExceptionGroup as group:
                     if len(group.exceptions) == 1:
                         raise group.exceptions[0] from None
                     raise
                 if raw is None:
                     raise RemoteError(f"clover {self.location}: POST item_stocks/{{id}}: 404")
-                return fresh, target
+                return fresh, target, stock.modifiedTime
 
     async def _raw(
         self, method: str, path: str, what: str, headers: dict[str, str] | None, json: Any = None
@@ -460,12 +500,14 @@ class CloverClient:
         return result
 
     async def set_stock(self, item_id: str, quantity: int) -> int:
+        """An absolute count (a CSV row); never resent after an unanswered attempt (see the module rules)."""
         what = "POST item_stocks/{id}"
         raw = await self._counted_write(
-            self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity}))
+            self._request("POST", f"/item_stocks/{item_id}", what=what, json={"quantity": quantity},
+                          resend_unanswered=False))
         body = self._decode(raw, _StockWrite, what)
         q = body.quantity if body.quantity is not None else body.stockCount
-        result = round_quantity(q)
+        result = whole_units(q)
         return result if result is not None else quantity
 
     async def list_items(self, *, modified_since_ms: int | None = None) -> list[CloverItem]:
@@ -484,6 +526,29 @@ class CloverClient:
         out: dict[str, tuple[int, set[str]]] = {}
         for order in await self._pages("/orders", "GET orders", params, _Orders):
             out[order.id] = (order.modifiedTime or 0, await self._ids_of(order))
+        return out
+
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        """Orders modified since ``since_ms`` with their units per item (the witness of our writes' windows).
+
+        A FIXED-price item sold N times is N lines; a PER_UNIT line counts its
+        ``unitQty`` (x 1000). An order with a refund is marked ``refunded``.
+        """
+        params: list[tuple[str, str | int]] = [("filter", f"modifiedTime>={since_ms}"),
+                                               ("expand", "lineItems,refunds")]
+        out: list[CloverOrderSeen] = []
+        for order in await self._pages("/orders", "GET orders", params, _Orders):
+            lines = order.lineItems.elements if order.lineItems else []
+            if len(lines) >= NESTED_LIMIT:
+                lines = await self._pages(f"/orders/{order.id}/line_items", "GET orders/{id}/line_items", [],
+                                          _LineItems)
+            units: dict[str, float] = {}
+            for li in lines:
+                if li.item is not None:
+                    units[li.item.id] = units.get(li.item.id, 0.0) + (li.unitQty / 1000 if li.unitQty else 1.0)
+            refunded = bool(order.refunds and order.refunds.elements) or (order.paymentState or "").endswith(
+                "REFUNDED")
+            out.append(CloverOrderSeen(order.id, order.modifiedTime or 0, units, refunded))
         return out
 
     async def order_item_ids(self, order_id: str) -> set[str]:

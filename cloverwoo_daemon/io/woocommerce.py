@@ -55,8 +55,16 @@ from cloverwoo_daemon.core.model import (
     WooWriteResult,
 )
 from cloverwoo_daemon.core.stock_policy import CONTACT_META_KEY, Change, Presentation
+from cloverwoo_daemon.core.witness import StockNote, WooOrderSeen, parse_stock_note
 from cloverwoo_daemon.io.metrics import ClientHooks
-from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError, StockWrite
+from cloverwoo_daemon.ports import (
+    CompanionMissing,
+    NotFound,
+    PermanentError,
+    RemoteError,
+    StockWrite,
+    WriteOutcomeUnknown,
+)
 
 __all__ = ["COMPANION_FILE", "VERSION_META_KEY", "WooClient", "WooWebhook", "WriteOutcomeUnknown"]
 
@@ -72,12 +80,9 @@ PER_PAGE = 100
 _CATALOGUE_FIELDS = ("id", "parent_id", "name", "sku", "type", "status", "manage_stock", "stock_quantity",
                      "attributes")
 _CHANGE_FIELDS = ("id", "parent_id", "type", "status", "stock_quantity", "date_modified_gmt")
+_ORDER_FIELDS = ("id", "status", "date_paid_gmt", "date_modified_gmt", "line_items", "refunds")
 
 Auth = Literal["auto", "basic", "oauth1"]
-
-
-class WriteOutcomeUnknown(RemoteError):
-    """A write may or may not have been applied (timeout, 5xx after sending); re-read before retrying."""
 
 
 class WooWebhook(msgspec.Struct, frozen=True):
@@ -93,11 +98,13 @@ class WooWebhook(msgspec.Struct, frozen=True):
 class _Retryable(Exception):
     """One attempt failed in a way worth another attempt."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None, sent: bool = True) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, sent: bool = True,
+                 ended: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.sent = sent  # False: the request certainly never reached the application
+        self.ended = ended  # True: the store answered, so the request is over (applied or not)
 
 
 def _error_text(resp: httpx.Response) -> tuple[str, str]:
@@ -123,26 +130,39 @@ def _quantity(value: Any) -> int | None:
         return None
 
 
-def _marker(meta: Iterable[Any]) -> int | None:
+def _marker(meta: Iterable[Any]) -> str | None:
+    """The write id our last ``inventory_delta`` left on the product (older daemons wrote a version number)."""
     for m in meta or ():
         if isinstance(m, dict) and m.get("key") == VERSION_META_KEY:
-            try:
-                return int(str(m.get("value")))
-            except ValueError:
-                return None
+            value = m.get("value")
+            return None if value is None or isinstance(value, dict | list) else str(value)
     return None
 
 
-# -- one stock write's batch entry; a zero delta with meta sends the meta only (no stock write)
+# -- one stock write's batch entry; a zero delta with meta sends the meta only (no stock write). A marker of
+# None leaves the product's marker alone (a meta-only write has nothing for recovery to tell).
 def _stock_update(change: StockWrite) -> dict[str, Any]:
-    ref, delta, version = change[0], change[1], change[2]
-    meta = [{"key": VERSION_META_KEY, "value": str(version)}]
+    ref, delta, marker = change[0], change[1], change[2]
+    meta = [] if marker is None else [{"key": VERSION_META_KEY, "value": str(marker)}]
     if len(change) > 3:
         meta += [{"key": k, "value": v} for k, v in change[3].items()]  # type: ignore[misc]
     update: dict[str, Any] = {"id": ref.variation_id or ref.product_id, "meta_data": meta}
     if delta:
         update["inventory_delta"] = delta
     return update
+
+
+def _unix(text: Any) -> int | None:
+    """A WooCommerce GMT date (``YYYY-MM-DDTHH:MM:SS``) as unix seconds; None when absent or malformed."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
 
 
 def _shift_cursor(cursor: str, seconds: int) -> str:
@@ -220,10 +240,13 @@ class WooClient:
         json: Any = None,
         idempotent: bool = True,
         base: str | None = None,
+        unanswered: list[str] | None = None,
     ) -> httpx.Response:
         """One logical call with bounded retries; returns a 2xx/3xx response or raises a ports error.
 
-        ``path`` is under ``base`` (default: the ``wc/v3`` API root).
+        ``path`` is under ``base`` (default: the ``wc/v3`` API root). The
+        reasons of attempts that were sent but not answered (a 5xx, a timeout,
+        a reset) are appended to ``unanswered``, when given.
         """
         attempt = 0
         while True:
@@ -231,10 +254,13 @@ class WooClient:
             try:
                 return await self._attempt(method, path, params or {}, json, idempotent, base or self.api_url)
             except _Retryable as exc:
+                if exc.sent and unanswered is not None:
+                    unanswered.append(exc.reason)
                 if exc.sent and not idempotent:
                     log.warning("woo_write_outcome_unknown", method=method, path=path, reason=exc.reason)
                     raise WriteOutcomeUnknown(
-                        f"{method} {path}: {exc.reason} (the write may have been applied)"
+                        f"{method} {path}: {exc.reason} (the write may have been applied)",
+                        may_still_land=not exc.ended,
                     ) from None
                 delay = self._backoff.next_delay(attempt, retry_after=exc.retry_after, rng=self._rng)
                 if delay is None:
@@ -274,8 +300,10 @@ class WooClient:
             self.hooks.rate_limited()
             raise _Retryable("429", retry_after=parse_retry_after(resp.headers.get("retry-after")), sent=False)
         if status >= 500:
-            # Even a 503 may come from a proxy after PHP ran: only a resend that is idempotent is safe.
-            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")))
+            # Even a 503 may come from a proxy after PHP ran: only a resend that is idempotent is safe. A 504
+            # is a gateway that stopped waiting: PHP may still be running the request.
+            raise _Retryable(str(status), retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                             ended=status != 504)
         text = f"{method} {path}: {status} {code}: {message}".rstrip(": ")
         if _is_invalid_id(status, code):
             raise NotFound(text)
@@ -287,8 +315,10 @@ class WooClient:
         try:
             return resp.json()
         except ValueError:
-            error = RemoteError if idempotent else WriteOutcomeUnknown
-            raise error(f"{method} {path}: {resp.status_code} answer is not JSON") from None
+            text = f"{method} {path}: {resp.status_code} answer is not JSON"
+            if idempotent:
+                raise RemoteError(text) from None
+            raise WriteOutcomeUnknown(text, may_still_land=False) from None
 
     async def _get_all(
         self, path: str, params: dict[str, str] | None = None, fields: tuple[str, ...] = ()
@@ -400,11 +430,14 @@ class WooClient:
                     continue
                 except RemoteError as exc:
                     if not applied_any:
-                        self.hooks.wrote(False, len(changes))  # nothing was written
+                        self.hooks.wrote(False, len(changes))  # nothing was written, or unknown: raised
                         raise
                     failure = exc
+                    unknown = isinstance(exc, WriteOutcomeUnknown)
                     for i in chunk:
-                        results[i] = WooWriteResult(changes[i][0], ok=False, error=str(exc))
+                        results[i] = WooWriteResult(
+                            changes[i][0], ok=False, error=str(exc), unknown=unknown,
+                            may_still_land=unknown and getattr(exc, "may_still_land", True))
                     continue
                 applied_any = True
                 answered = answer.get("update", []) if isinstance(answer, dict) else []
@@ -508,10 +541,16 @@ class WooClient:
             chunk = list(changes[start : start + BATCH_LIMIT])
             body = {"changes": [{"write_id": c.write_id, "product_id": c.ref.variation_id or c.ref.product_id,
                                  "delta": c.delta} for c in chunk]}
+            unanswered: list[str] = []
             try:
-                answer = await self._json("POST", "/stock", json=body, base=self.companion_url)
+                answer = await self._json("POST", "/stock", json=body, base=self.companion_url, unanswered=unanswered)
             except NotFound as exc:
                 self.hooks.wrote(False, len(chunk))
+                if unanswered:
+                    # an earlier attempt of this call may have been applied before the route went away:
+                    # nobody can tell now, so this is not "nothing applied"
+                    raise RemoteError(f"POST /stock: the companion went away after an attempt whose outcome is "
+                                      f"unknown ({unanswered[-1]}); {exc}") from None
                 raise CompanionMissing(f"the companion is not installed ({exc})") from None
             except RemoteError:
                 self.hooks.wrote(False, len(chunk))
@@ -617,6 +656,47 @@ class WooClient:
             )
             newest = max(newest, modified)
         return items, newest
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        """Orders modified after the ISO GMT cursor (overlapped by a second), as far as stock goes.
+
+        For the witness of our ``inventory_delta`` writes: when each was paid,
+        what its checkout took from each product (the ``_reduced_stock`` line
+        meta WooCommerce writes as it reduces stock), and whether it has
+        refunds.
+        """
+        params = {"modified_after": _shift_cursor(modified_after, -1), "dates_are_gmt": "true",
+                  "orderby": "modified", "order": "asc"}
+        out: list[WooOrderSeen] = []
+        for o in await self._get_all("/orders", params, _ORDER_FIELDS):
+            reduced: dict[int, int] = {}
+            names: dict[int, str] = {}
+            for li in o.get("line_items") or []:
+                if not isinstance(li, dict):
+                    continue
+                pid = int(li.get("variation_id") or li.get("product_id") or 0)
+                if not pid:
+                    continue
+                names[pid] = str(li.get("name") or "")
+                for m in li.get("meta_data") or []:
+                    if isinstance(m, dict) and m.get("key") == "_reduced_stock":
+                        qty = _quantity(m.get("value"))
+                        if qty:
+                            reduced[pid] = reduced.get(pid, 0) + qty
+            modified = _unix(o.get("date_modified_gmt"))
+            out.append(WooOrderSeen(order_id=int(o["id"]), paid=_unix(o.get("date_paid_gmt")),
+                                    modified=modified if modified is not None else 0, reduced=reduced,
+                                    refunded=bool(o.get("refunds")), names=names))
+        return out
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        """What an order's notes say it did to stock: ``Stock levels reduced: Name (12→10)``, per item."""
+        notes = await self._json("GET", f"/orders/{order_id}/notes")
+        out: list[StockNote] = []
+        for n in notes if isinstance(notes, list) else []:
+            if isinstance(n, dict) and isinstance(n.get("note"), str):
+                out.extend(parse_stock_note(n["note"]))
+        return out
 
     async def order_refs(self, order_id: int) -> set[WooRef]:
         data = await self._json("GET", f"/orders/{order_id}")

@@ -214,6 +214,7 @@ class StockOverwrite(msgspec.Struct, frozen=True):
     written: float
     lost: float
     window: float  # seconds from that read to this write (trio clock)
+    at: float = 0.0  # unix time of the write (matched against the daemon's flags)
 
 
 class StockWrite(msgspec.Struct, frozen=True):
@@ -967,7 +968,7 @@ class CloverSim:
                 sim.stock_write_windows.append(window)
                 if it.quantity is not None and it.quantity != read:
                     sim.stock_overwrites.append(StockOverwrite(m.id, it.id, read, it.quantity, float(quantity),
-                                                               it.quantity - read, window))
+                                                               it.quantity - read, window, time.time()))
             was = sim._set_quantity(m, it, float(quantity))
             if sim.emit_on_api_write:
                 sim._stock_changed(m, it, was)

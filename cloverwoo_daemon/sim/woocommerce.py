@@ -172,6 +172,25 @@ class StockWrite(msgspec.Struct, frozen=True):
     ts: float
 
 
+class LostUpdate(msgspec.Struct, frozen=True):
+    """A REST stock write that erased a change landing inside its read-modify-write window.
+
+    WooCommerce's REST controller loads the product (``read``), and saves the
+    stock it computed from that load; a checkout or refund that went through
+    the atomic SQL path meanwhile (``replaced`` differs from ``read``) is gone.
+    ``lost`` is that change in units (a checkout: negative).
+    """
+
+    product_id: int
+    read: int | None
+    replaced: int | None
+    written: int | None
+    lost: int
+    window: float  # seconds from the load to the save (the simulated clock)
+    source: str  # rest | batch
+    at: float = 0.0  # when it saved (the simulated clock: unix seconds unless a test injects one)
+
+
 class Delivery(msgspec.Struct, frozen=True):
     """One webhook send attempt (pings included, topic ``ping``)."""
 
@@ -251,6 +270,8 @@ class _Order:
     line_items: list[_LineItem]
     refunds: list[dict[str, Any]] = field(default_factory=list)
     stock_reduced: bool = False
+    paid: int | None = None  # date_paid_gmt
+    notes: list[dict[str, Any]] = field(default_factory=list)  # order notes (WooCommerce's own, e.g. stock)
 
 
 @dataclass
@@ -346,6 +367,9 @@ class WooSim:
         self.in_flight = 0
         self.max_in_flight_seen = 0  # API requests being handled at once (tests check a client's cap)
         self.stock_writes: list[StockWrite] = []
+        self.lost_updates: list[LostUpdate] = []  # REST stock writes that erased a concurrent change
+        self.php_runs_on = True  # a batch write goes on to its end after its client hung up, as PHP does
+        self.batch_queue_delays: list[float] = []  # the next /products/batch requests wait this long to start
         self.deliveries: list[Delivery] = []
         self.deliveries_dropped = 0
         # The WordPress companion (off: its routes answer 404 rest_no_route, as without the file)
@@ -698,10 +722,17 @@ class WooSim:
     async def _rest_update(self, p: _Product, body: dict[str, Any], *, source: str, window: float) -> None:
         """One REST update of a product or variation: read, the PHP request's window, write."""
         before = p.stock_quantity  # WC_Product loaded at request start
+        started = self.clock()
         if window > 0:
             await trio.sleep(window)
         self._apply_plain_fields(p, body)
+        replaced = p.stock_quantity
         touched = self._apply_stock_fields(p, body, before=before)
+        relative = body.get("stock_quantity") is None and "inventory_delta" in body  # computed from the load
+        if relative and touched and replaced != before and p.manage_stock and None not in (replaced, before):
+            assert replaced is not None and before is not None
+            self.lost_updates.append(LostUpdate(p.id, before, replaced, p.stock_quantity, replaced - before,
+                                                self.clock() - started, source, self.clock()))
         self._saved(p, source=source, stock_before=before, stock_touched=touched)
 
     def _stock_holder(self, p: _Product) -> _Product:
@@ -768,14 +799,21 @@ class WooSim:
     def _set_status(self, order: _Order, status: str) -> None:
         order.status = status
         order.modified = self._now()
+        if status in ("processing", "completed") and order.paid is None:
+            order.paid = order.modified  # payment_complete sets the paid date
         if status in ("processing", "completed", "on-hold") and not order.stock_reduced:
             order.stock_reduced = True
+            changes = []
             for li in order.line_items:
                 p = self._products.get(li.variation_id or li.product_id)
                 if p is None or li.reduced() is not None or not self._stock_holder(p).manage_stock:
                     continue
+                before = self._stock_holder(p).stock_quantity
                 self._change_stock_atomic(p, -li.quantity, "order")
                 li.set_reduced(li.quantity, self._meta_id)
+                changes.append(f"{li.name} ({before or 0}&rarr;{self._stock_holder(p).stock_quantity})")
+            if changes:  # wc_reduce_stock_levels' note, figures from its own SQL
+                self._note(order, "Stock levels reduced: " + ", ".join(changes))
         elif status in ("cancelled", "pending") and order.stock_reduced:
             order.stock_reduced = False
             for li in order.line_items:
@@ -785,6 +823,11 @@ class WooSim:
                     continue
                 self._change_stock_atomic(p, qty, "order")
                 li.set_reduced(None, self._meta_id)
+
+    def _note(self, order: _Order, text: str) -> None:
+        self._next_meta += 1
+        order.notes.append({"id": self._next_meta, "author": "WooCommerce", "date_created_gmt": _fmt(self._now()),
+                            "note": text, "customer_note": False})
 
     def _update_order(self, order: _Order, body: dict[str, Any]) -> None:
         if "status" in body:
@@ -884,6 +927,8 @@ class WooSim:
             "id": o.id, "parent_id": 0, "status": o.status, "currency": "USD", "version": "11.0.1",
             "date_created": _fmt(o.created), "date_created_gmt": _fmt(o.created),
             "date_modified": _fmt(o.modified), "date_modified_gmt": _fmt(o.modified),
+            "date_paid": _fmt(o.paid) if o.paid is not None else None,
+            "date_paid_gmt": _fmt(o.paid) if o.paid is not None else None,
             "total": f"{total:.2f}", "customer_id": 0, "set_paid": False,
             "line_items": [
                 {"id": li.id, "name": li.name, "product_id": li.product_id, "variation_id": li.variation_id,
@@ -1270,6 +1315,39 @@ class WooSim:
         if seconds > 0:
             await trio.sleep(seconds)
 
+    async def _to_the_end(self, work: Any) -> Any:
+        """Await ``work``; with ``php_runs_on`` it runs to its end even when the client hangs up.
+
+        PHP does not stop a request whose client went away (it notices only
+        when it writes output): a write whose answer the client gave up on
+        (a timeout) may still land afterwards. Off, the request dies with its
+        connection, as it does in a server that cancels the handler.
+        """
+        if not self.php_runs_on or self._nursery is None:
+            return await work
+        done = trio.Event()
+        box: dict[str, Any] = {}
+
+        async def run() -> None:
+            try:
+                box["result"] = await work
+            except Exception as exc:  # handed to the request, if it is still there
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._nursery.start_soon(run)
+        await done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def _queued(self, work: Any) -> Any:
+        """``work`` after the next of ``batch_queue_delays``: the request waited for a free PHP worker."""
+        if self.batch_queue_delays:
+            await trio.sleep(self.batch_queue_delays.pop(0))
+        return await work
+
     def _item_window(self) -> float:
         return self.latency.batch_item if self.latency.batch_item > 0 else self.write_window
 
@@ -1435,8 +1513,8 @@ class WooSim:
         @app.route(f"{API}/products/batch", methods=["POST", "PUT", "PATCH"])
         async def products_batch() -> Response:
             body = await sim._body()
-            return _json(await sim._batch(body, create=sim._create_product, lookup=sim._product_for_write,
-                                          render=sim._product_json))
+            return _json(await sim._to_the_end(sim._queued(sim._batch(
+                body, create=sim._create_product, lookup=sim._product_for_write, render=sim._product_json))))
 
         # Variations -------------------------------------------------------
 
@@ -1496,6 +1574,25 @@ class WooSim:
         async def create_order() -> Response:
             await sim._sleep(sim.latency.other)
             return _json(sim._order_json(sim._create_order(await sim._body())), 201)
+
+        @app.route(f"{API}/orders", methods=["GET"])
+        async def list_orders() -> Response:
+            await sim._sleep(sim.latency.list_page)
+            rows = list(sim._orders.values())
+            after = request.args.get("modified_after")
+            if after:  # strictly after, at 1-second resolution (section 9)
+                cut = _parse_date("modified_after", after)
+                rows = [o for o in rows if o.modified > cut]
+            if request.args.get("orderby") == "modified":
+                rows.sort(key=lambda o: (o.modified, o.id), reverse=request.args.get("order", "desc") == "desc")
+            else:
+                rows.sort(key=lambda o: o.id, reverse=request.args.get("order", "desc") == "desc")
+            return sim._paginate(rows, "/orders", sim._order_json)
+
+        @app.route(f"{API}/orders/<int:oid>/notes", methods=["GET"])
+        async def order_notes(oid: int) -> Response:
+            await sim._sleep(sim.latency.get_one)
+            return _json([dict(n) for n in reversed(sim._order(oid).notes)])  # newest first, as WooCommerce lists
 
         @app.route(f"{API}/orders/<int:oid>", methods=["GET"])
         async def get_order(oid: int) -> Response:

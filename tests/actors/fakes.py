@@ -17,14 +17,18 @@ import trio
 from cloverwoo_daemon.core.model import (
     Binding,
     CloverItem,
+    CompanionInfo,
     Conflict,
+    StockChange,
+    StockChangeResult,
     SyncLogRow,
     WooItem,
     WooRef,
     WooStock,
     WooWriteResult,
 )
-from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
+from cloverwoo_daemon.core.witness import CloverOrderSeen, StockNote, WooOrderSeen
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, PermanentError, RemoteError
 
 Hook = Callable[..., Awaitable[None]]
 
@@ -108,11 +112,24 @@ class FakeStore:
 
 
 class FakeWoo:
-    """A WooPort over a dict of stock: deltas applied with their version marker, like ``inventory_delta``."""
+    """A WooPort over a dict of stock: deltas applied with their marker, like ``inventory_delta``.
+
+    With ``companion_info`` set it also plays the WordPress companion: ``apply_changes`` applies each write id
+    at most once and answers the stock it left; ``lose_answers`` applies the next N calls and then raises
+    (an answer lost on the way back); ``companion_info = None`` makes its route answer 404.
+    """
 
     def __init__(self) -> None:
         self.stock: dict[WooRef, int] = {}
-        self.markers: dict[WooRef, int] = {}
+        self.markers: dict[WooRef, str | int] = {}
+        self.companion_info: CompanionInfo | None = None
+        self.write_ids: dict[str, tuple[WooRef, int, int]] = {}  # write id -> (ref, delta, stock it left)
+        self.changes: list[StockChange] = []  # every change sent to the companion, resends included
+        self.lose_answers = 0
+        self.refuse: dict[WooRef, str] = {}  # per-item refusal codes
+        self.orders_seen: list[WooOrderSeen] = []  # the orders feed (the witness)
+        self.notes: dict[int, list[StockNote]] = {}
+        self.feed_error: Exception | None = None
         self.meta: dict[WooRef, dict[str, str | None]] = {}
         self.writes: list[tuple[WooRef, int]] = []
         self.hold: Hook | None = None  # awaited inside apply_deltas, before the write lands
@@ -146,6 +163,45 @@ class FakeWoo:
             out.append(WooWriteResult(ref=ref, ok=True, quantity=self.stock[ref]))
         return out
 
+    async def companion(self) -> CompanionInfo | None:
+        await trio.lowlevel.checkpoint()
+        return self.companion_info
+
+    async def orders_since(self, *, modified_after: str) -> list[WooOrderSeen]:
+        await trio.lowlevel.checkpoint()
+        if self.feed_error is not None:
+            raise self.feed_error
+        return list(self.orders_seen)
+
+    async def stock_notes(self, order_id: int) -> list[StockNote]:
+        await trio.lowlevel.checkpoint()
+        return list(self.notes.get(order_id, []))
+
+    async def apply_changes(self, changes: Sequence[StockChange]) -> list[StockChangeResult]:
+        await trio.lowlevel.checkpoint()
+        if self.companion_info is None:
+            raise CompanionMissing("rest_no_route")
+        if self.hold is not None:
+            await self.hold(changes=changes)
+        out = []
+        for c in changes:
+            self.changes.append(c)
+            seen = self.write_ids.get(c.write_id)
+            if seen is not None:
+                out.append(StockChangeResult(c.write_id, c.ref, ok=True, new=False, quantity=seen[2]))
+            elif c.ref in self.refuse:
+                out.append(StockChangeResult(c.write_id, c.ref, ok=False, code=self.refuse[c.ref],
+                                             error=self.refuse[c.ref]))
+            else:
+                self.stock[c.ref] += c.delta
+                self.writes.append((c.ref, c.delta))
+                self.write_ids[c.write_id] = (c.ref, c.delta, self.stock[c.ref])
+                out.append(StockChangeResult(c.write_id, c.ref, ok=True, new=True, quantity=self.stock[c.ref]))
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise RemoteError("POST /stock: 503 after 4 attempts")
+        return out
+
 
 class FakeClover:
     """A CloverPort for one location: stock per item; ``None`` is an item without a stock record."""
@@ -160,6 +216,7 @@ class FakeClover:
         self.read_error: Exception | None = None  # raised by the read of read_then_write
         self.no_record_at_write = False  # read_then_write finds no stock record (it vanished since the read)
         self.orders: dict[str, set[str]] = {}
+        self.order_lines_seen: list[CloverOrderSeen] = []  # the orders feed with units (the witness)
         self.order_error: Exception | None = None
         self.order_calls = 0
         self.feed_calls = 0
@@ -182,7 +239,7 @@ class FakeClover:
         return quantity
 
     async def read_then_write(self, item_id: str, delta: int,
-                              before_write: Callable[[int], Awaitable[None]]) -> tuple[int, int] | None:
+                              before_write: Callable[[int], Awaitable[None]]) -> tuple[int, int, int | None] | None:
         await trio.lowlevel.checkpoint()
         if self.read_error is not None:
             raise self.read_error
@@ -195,7 +252,7 @@ class FakeClover:
         await before_write(target)
         self.stock[item_id] = target
         self.writes.append((item_id, target))
-        return fresh, target
+        return fresh, target, None
 
     async def list_items(self, *, modified_since_ms: int | None = None) -> list[Any]:
         await trio.lowlevel.checkpoint()
@@ -206,6 +263,13 @@ class FakeClover:
         await trio.lowlevel.checkpoint()
         self.feed_calls += 1
         return {}
+
+    async def order_lines(self, *, since_ms: int) -> list[CloverOrderSeen]:
+        await trio.lowlevel.checkpoint()
+        self.feed_calls += 1
+        if self.order_error is not None:
+            raise self.order_error
+        return list(self.order_lines_seen)
 
     async def order_item_ids(self, order_id: str) -> set[str]:
         await trio.lowlevel.checkpoint()

@@ -120,3 +120,47 @@ async def test_a_failed_batch_fails_each_of_its_callers_with_the_error(error: Ex
         with pytest.raises(type(error)):
             await batcher.apply_deltas([(WooRef(1), -1, 2)])
         finish()
+
+
+async def test_companion_changes_are_batched_apart_from_deltas() -> None:
+    """A batch goes to one endpoint: companion changes with companion changes, deltas with deltas."""
+    from cloverwoo_daemon.core.model import CompanionInfo, StockChange
+
+    woo = FakeWoo()
+    woo.companion_info = CompanionInfo("1.0.0", "11.0.1", False, 30, True)
+    kinds: list[tuple[str, int]] = []
+    gate = trio.Event()
+
+    async def slow(*, changes: Any) -> None:
+        kinds.append(("changes" if isinstance(changes[0], StockChange) else "deltas", len(changes)))
+        if len(kinds) == 1:
+            await gate.wait()
+
+    woo.hold = slow
+    for i in range(6):
+        woo.stock[WooRef(i)] = 10
+    batcher = BatchingWoo(woo, max_parallel=1)
+    got: dict[int, int | None] = {}
+
+    async def change(i: int) -> None:
+        (res,) = await batcher.apply_changes([StockChange(f"w{i}", WooRef(i), -1)])
+        got[i] = res.quantity
+
+    async def delta(i: int) -> None:
+        (res,) = await batcher.apply_deltas([(WooRef(i), -1, f"m{i}")])
+        got[i] = res.quantity
+
+    async with to_the_end() as (n, finish):
+        await n.start(batcher.run)
+        n.start_soon(change, 0)
+        await wait_until(lambda: len(kinds) == 1, "the first change in flight")
+        for i in (1, 2, 3, 4, 5):
+            n.start_soon(change if i % 2 else delta, i)
+            await trio.sleep(0.001)
+        await trio.sleep(0.02)
+        gate.set()
+        await wait_until(lambda: len(got) == 6, "every caller answered")
+        assert kinds == [("changes", 1), ("changes", 3), ("deltas", 2)]
+        assert got == dict.fromkeys(range(6), 9)
+        assert (await batcher.companion()) == woo.companion_info  # passed through
+        finish()

@@ -564,3 +564,32 @@ def test_initial_sync_makes_both_sides_agree_by_the_source_of_truth(cfg, stock, 
     merge(w)
     assert settled(w)
     assert w.woo == sum(w.clover.values())
+
+
+# --------------------------------------------------------------------------
+# Erased checkouts: repaired through the bases
+
+
+def test_an_erased_checkout_is_taken_off_both_sides_by_the_next_merge() -> None:
+    """Our inventory_delta erased a checkout of 2: both sides hold 2 too many, and agree (10/10 for 8)."""
+    from cloverwoo_daemon.core.merge import owe_erased
+
+    b = synced(main=6, north=4)
+    owed, loc = owe_erased(b, 2, AGG)
+    assert loc == "main" and owed.base_woo == 12 and owed.base_clover == {"main": 8, "north": 4}
+    assert owed.base_woo == sum(v for v in owed.base_clover.values() if v is not None)
+    plan = plan_merge(owed, Reads(woo=10, clover={"main": 6, "north": 4}), AGG)
+    assert plan.woo_delta == -2 and plan.clover_deltas == {"main": -2}
+    done = apply_all(owed, plan)
+    assert (done.base_woo, done.base_clover) == (8, {"main": 4, "north": 4})
+    again = plan_merge(done, Reads(woo=8, clover={"main": 4, "north": 4}), AGG)
+    assert not again.writes  # once only
+
+
+def test_a_binding_never_synced_cannot_be_repaired() -> None:
+    from cloverwoo_daemon.core.merge import owe_erased
+
+    with pytest.raises(ValueError, match="never synced"):
+        owe_erased(binding(), 1, AGG)
+    with pytest.raises(ValueError, match="not a repair"):
+        owe_erased(synced(main=1), 0, AGG)

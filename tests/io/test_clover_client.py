@@ -9,7 +9,7 @@ import trio
 from structlog.testing import capture_logs
 
 from cloverwoo_daemon.core.backoff import Backoff
-from cloverwoo_daemon.io.clover import AppGate, CloverClient, round_quantity
+from cloverwoo_daemon.io.clover import AppGate, CloverClient, whole_units
 from cloverwoo_daemon.ports import NotFound, PermanentError, RemoteError
 from cloverwoo_daemon.sim.clover import CloverSim, RateLimits
 
@@ -46,17 +46,45 @@ async def make_client(sim):
 MID = "MERCHANTAAAAA"
 
 
-@pytest.mark.parametrize("q,expected", [(None, None), (5.0, 5), (160.5, 161), (2.4999, 2), (-2.5, -2),
-                                        (-0.4, 0), (float("nan"), None)])
-def test_round_quantity(q, expected):
-    assert round_quantity(q) == expected
+@pytest.mark.parametrize("q,expected", [(None, None), (5.0, 5), (160.5, 160), (2.4999, 2), (-2.5, -3),
+                                        (-0.4, -1), (2.9999999999999996, 3), (float("nan"), None)])
+def test_whole_units_never_shows_more_than_clover_holds(q, expected):
+    assert whole_units(q) == expected
+
+
+async def test_a_change_keeps_the_fraction_clover_holds(sim, make_client):
+    """Sold by weight: 2.4 in stock, one unit sold online is 1.4 left, not round(2.4) - 1 = 1."""
+    a = sim.add_item(MID, "Cheese", quantity=2.4)
+    c = make_client()
+    seen: list[int] = []
+
+    async def record(target: int) -> None:
+        seen.append(target)
+
+    assert await c.get_stock(a) == 2
+    assert (await c.read_then_write(a, -1, record))[:2] == (2, 1)
+    assert sim.stock(MID, a) == pytest.approx(1.4) and seen == [1]
+    assert (await c.read_then_write(a, -2, record))[:2] == (1, -1)
+    assert sim.stock(MID, a) == pytest.approx(-0.6)  # negative stays negative, fraction and all
+    assert await c.get_stock(a) == -1  # a shop shows -1: never more than Clover holds
+
+
+async def test_an_unanswered_stock_write_is_not_sent_again(sim, make_client):
+    """A 503 after Clover applied the write: a resend would set the count again over a sale made since."""
+    a = sim.add_item(MID, "Mug", quantity=5)
+    sim.faults.down = True
+    c = make_client(backoff=Backoff(base=0.01, cap=0.02, max_attempts=3))
+    with pytest.raises(RemoteError) as exc:
+        await c.set_stock(a, 1)
+    assert "not resent" in str(exc.value)
+    assert sim.count("POST item_stocks/{id}", MID) == 1
 
 
 async def test_reads_and_writes_stock(sim, make_client):
     a = sim.add_item(MID, "Mug", sku=" MUG-1 ", quantity=7.6)
     b = sim.add_item(MID, "Gift card", sku="", quantity=None)
     c = make_client()
-    assert await c.get_stock(a) == 8
+    assert await c.get_stock(a) == 7  # 7.6: seven whole units to sell
     assert await c.get_stock(b) is None  # no stock record: unknown, never 0
     assert await c.set_stock(a, 3) == 3
     assert sim.stock(MID, a) == 3.0
@@ -165,11 +193,10 @@ async def test_5xx_forever_raises_remote_error_after_bounded_attempts(sim, make_
     sim.faults.down = True
     c = make_client(backoff=Backoff(base=0.01, cap=0.02, max_attempts=3))
     with capture_logs() as logs, pytest.raises(RemoteError) as exc:
-        await c.set_stock(a, 1)
+        await c.get_stock(a)
     assert not isinstance(exc.value, PermanentError)
     assert "503" in str(exc.value) and "3 attempts" in str(exc.value)
-    assert sim.count("POST item_stocks/{id}", MID) == 3
-    assert sim.stock(MID, a) == 5.0
+    assert sim.count("GET item_stocks/{id}", MID) == 3
     assert "tok-a-secret-0001" not in repr(logs)
 
 

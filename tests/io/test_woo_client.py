@@ -51,8 +51,10 @@ async def test_get_stock_reads_products_and_variations_with_the_marker(nursery):
     async with client(sim) as woo:
         s = await woo.get_stock(mug)
         assert (s.manage_stock, s.quantity, s.version_marker, s.sku) == (True, 5, None, "MUG")
-        await woo.apply_deltas([(mug, -1, 7)])
-        assert (await woo.get_stock(mug)).version_marker == 7
+        await woo.apply_deltas([(mug, -1, "c0ffee.7")])
+        assert (await woo.get_stock(mug)).version_marker == "c0ffee.7"
+        await woo.apply_deltas([(mug, 0, None, {"_other": "x"})])  # no marker: the last one stays
+        assert (await woo.get_stock(mug)).version_marker == "c0ffee.7"
         s = await woo.get_stock(small)
         assert (s.ref, s.quantity, s.sku) == (small, 3, "TEE-S")
         s = await woo.get_stock(loose)

@@ -24,6 +24,8 @@ Where each part lives:
 ``recovery``       finishing a merge a crash interrupted (write intents)
 ``reads``          which Clover locations to read; locations that are down
 ``catalogue``      catalogue updates, unbinding, exclusions, CSV counts
+``repairs``        checkouts our own writes erased (proven by the witness), taken off
+                   both sides by the next merge
 ``location_meta``  per-location figures on the Woo product; mode switches
 ``log_rows``       how a binding is named in log lines and the sync log
 ``deps``           what the shard needs from outside (ports, hooks)

@@ -12,11 +12,13 @@ from cloverwoo_daemon.actors.shard.execute import MergeExecutor
 from cloverwoo_daemon.actors.shard.location_meta import LocationMeta
 from cloverwoo_daemon.actors.shard.pending import Pending
 from cloverwoo_daemon.actors.shard.reads import CloverReads
+from cloverwoo_daemon.actors.shard.repairs import Repairs
 from cloverwoo_daemon.actors.shard.scheduler import MergeOutcome, MergeScheduler
 from cloverwoo_daemon.messages import (
     CatalogueUpdate,
     Initialise,
     MarkDirty,
+    RepairErased,
     SetExcluded,
     SetStock,
     ShardCommand,
@@ -44,7 +46,9 @@ class ShardActor:
         )
         self.reads = CloverReads(deps, requeue=self.scheduler.enqueue, index=index,
                                  carries_woo_change=self.meta.carries)
-        self.executor = MergeExecutor(deps, reads=self.reads, catalogue=self.catalogue, meta=self.meta)
+        self.repairs = Repairs(deps)
+        self.executor = MergeExecutor(deps, reads=self.reads, catalogue=self.catalogue, meta=self.meta,
+                                      repairs=self.repairs)
 
     # ----------------------------------------------------------------- state
 
@@ -104,6 +108,12 @@ class ShardActor:
                     case SetExcluded():
                         self.catalogue.queue_exclusion(cmd.binding_id, cmd.excluded)
                         self._poke(cmd.binding_id, "exclude" if cmd.excluded else "include", now)
+                    case RepairErased():
+                        self.repairs.queue(cmd)
+                        p = Pending()
+                        p.absorb((), "repair", now)
+                        p.read_everywhere()  # the repair routes an online sale: every location's figure counts
+                        self.scheduler.enqueue(cmd.binding_id, p)
                     case Initialise():
                         p = Pending(initialise=cmd)
                         p.absorb((), "initialise", now)
@@ -123,3 +133,4 @@ class ShardActor:
     def _drained(self) -> None:
         self.catalogue.release_tables()
         self.meta.release_tables()
+        self.repairs.release_tables()

@@ -11,7 +11,8 @@ import trio
 from cloverwoo_daemon.actors.bindings import BindingTable
 from cloverwoo_daemon.core import merge as core_merge
 from cloverwoo_daemon.core.backoff import Backoff
-from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.core.model import Binding, CompanionInfo, Conflict
+from cloverwoo_daemon.core.witness import WriteWindow
 from cloverwoo_daemon.messages import EventsSettled
 from cloverwoo_daemon.ports import CloverPort, StorePort, WooPort
 
@@ -43,6 +44,19 @@ class ShardDeps:
     # this mode switch leaves per-location mode: each of its merges removes the per-location meta
     clears_location_meta: Callable[[str], bool] = lambda job_id: False
     mode_switching: Callable[[], bool] = lambda: False  # a mode switch is running
+    # -- the WordPress companion (actors/companion.py): its status now (None: write by inventory_delta), and
+    # the hook a write calls when it finds the companion's route gone
+    companion: Callable[[], CompanionInfo | None] = lambda: None
+    companion_gone: Callable[[str], None] = lambda reason: None
+    # -- every stock write that can erase someone else's sale (a Clover read-then-write, an inventory_delta):
+    # the witness (actors/witness.py) looks for an order inside its window
+    on_write: Callable[[WriteWindow], None] = lambda window: None
+    # -- an inventory_delta whose answer never came may still be applied by the store (PHP goes on after its
+    # client hung up): a missing marker says "not landed" only once this long has passed since the timeout
+    # (app.py: three times woocommerce.timeout), or, when nobody knows whether it was sent (a crash, a
+    # restart mid-write), since the intent was written (woocommerce.timeout)
+    woo_write_grace: float = 90.0
+    woo_crash_grace: float = 30.0
     max_parallel: int = 64  # merges in flight per shard: mostly waiting on I/O; enough to fill Woo batches of 100
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=10.0, max_attempts=1_000_000))
     job_attempts: int = 8  # failed attempts after which a recount is reported failed to its job (it keeps retrying)

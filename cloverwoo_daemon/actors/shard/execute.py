@@ -2,9 +2,12 @@
 
 Rules (sync-model.md is the spec):
 
-- Every merge works from fresh reads; a recount (``Initialise``) works from
+- Every merge works from fresh reads; a recount (``Initialise``) plans from
   the job's list reads, which are safe bases unless a merge committed since
   (the ``version`` check) or a write was interrupted (then it reads fresh).
+  Its Clover writes still read the item right before writing it: a figure
+  from the list read, possibly minutes old, would overwrite every POS sale
+  made since.
 - A write intent is committed before the first remote write; after each
   remote write succeeds the bases move by exactly what that write
   transferred, committed at once. A crash at any point leaves either a
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -42,12 +46,14 @@ from cloverwoo_daemon.actors.shard.log_rows import identity, row, who
 from cloverwoo_daemon.actors.shard.pending import Pending
 from cloverwoo_daemon.actors.shard.reads import CloverReadResult, CloverReads
 from cloverwoo_daemon.actors.shard.recovery import decode_intent, recover
+from cloverwoo_daemon.actors.shard.repairs import Repairs
 from cloverwoo_daemon.actors.shard.scheduler import MergeFailed, MergeOutcome, short
 from cloverwoo_daemon.core import conflicts as core_conflicts
 from cloverwoo_daemon.core import merge as core_merge
-from cloverwoo_daemon.core.model import Binding, Conflict
+from cloverwoo_daemon.core.model import Binding, Conflict, StockChange
+from cloverwoo_daemon.core.witness import WriteWindow
 from cloverwoo_daemon.messages import Initialise
-from cloverwoo_daemon.ports import NotFound, RemoteError, StockWrite
+from cloverwoo_daemon.ports import CompanionMissing, NotFound, RemoteError, StockWrite, WriteOutcomeUnknown
 
 log = structlog.get_logger("cloverwoo.shard")
 A = TypeVar("A")
@@ -58,11 +64,13 @@ _TRUTHS = ("clover", "woo")
 
 
 class MergeExecutor:
-    def __init__(self, deps: ShardDeps, *, reads: CloverReads, catalogue: Catalogue, meta: LocationMeta) -> None:
+    def __init__(self, deps: ShardDeps, *, reads: CloverReads, catalogue: Catalogue, meta: LocationMeta,
+                 repairs: Repairs | None = None) -> None:
         self.deps = deps
         self.reads = reads
         self.catalogue = catalogue
         self.meta = meta
+        self.repairs = repairs if repairs is not None else Repairs(deps)
         self.echoes_skipped = 0
 
     async def merge(self, bid: str, pending: Pending) -> MergeOutcome:
@@ -115,7 +123,13 @@ class MergeExecutor:
 
         intent_raw = d.intents.get(bid)
         if intent_raw is not None:
-            binding = await recover(d, binding, decode_intent(intent_raw), woo_stock.version_marker, trigger)
+            interrupted = decode_intent(intent_raw)
+            binding = await recover(d, binding, interrupted, woo_stock.version_marker, trigger)
+            if interrupted.woo_via == "companion" and interrupted.woo_delta and not interrupted.woo_done:
+                # settled by sending its write id again, which may have applied it just now: read Woo afresh
+                woo_stock = await d.woo.get_stock(binding.woo)
+
+        binding = await self.repairs.apply(binding, trigger)  # erased checkouts, at rest before the plan
 
         if not woo_stock.manage_stock:
             if binding.tracked:
@@ -143,7 +157,7 @@ class MergeExecutor:
         reads = core_merge.Reads(woo=woo_stock.quantity, clover=clover_reads)
         binding = self.meta.carry_woo_change(binding, reads, pending)
         plan = core_merge.plan_merge(binding, reads, d.merge_config)
-        rerun = await self._execute(binding, plan, reads, pending, trigger, reread_clover=True)
+        rerun = await self._execute(binding, plan, reads, pending, trigger)
         if read_failed:
             raise MergeFailed("a Clover location's read failed: merged without it, to be merged again")
         return MergeOutcome(rerun=rerun, job_result=_result_of(plan), reason=plan.skip)
@@ -211,8 +225,9 @@ class MergeExecutor:
             await d.store.append_log([row(binding, "warning", "initialise_skipped", "initialise",
                                           detail={"reason": plan.skip, "job": req.job_id})])
             return MergeOutcome(job_result="skipped", reason=plan.skip)
-        rerun = await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", reread_clover=False,
-                                    shown=binding)
+        # Clover is written as any merge writes it, read right before (the list read may be minutes old: a POS
+        # sale since then must not be overwritten); a difference from the list read merges again.
+        rerun = await self._execute(recount, plan, reads, pending, f"initialise:{req.truth}", shown=binding)
         return MergeOutcome(rerun=rerun, job_result=_result_of(plan))
 
     # --------------------------------------------------------------- execute
@@ -225,7 +240,6 @@ class MergeExecutor:
         pending: Pending,
         trigger: str,
         *,
-        reread_clover: bool,
         shown: Binding | None = None,  # the binding whose figures Woo shows (a recount resets bases)
     ) -> bool:
         """Carry out a plan step by step (intent first, bases moved after each write); True to merge again."""
@@ -250,34 +264,60 @@ class MergeExecutor:
         # not need them apart: the Woo marker tells whether a delta landed without its own commit, and
         # the last step is committed by the final one.
         clover_locs = [loc for loc, delta in plan.clover_deltas.items() if delta]
-        intent = core_merge.intent_for(binding, plan)
-        if reread_clover and clover_locs and not plan.woo_delta:
+        via: core_merge.WooVia = "companion" if plan.woo_delta and d.companion() is not None else "delta"
+        # unique per binding and write: a marker copied onto another product (Duplicate in wp-admin) or left
+        # by an earlier binding of the same product can never be taken for this write's
+        intent = core_merge.intent_for(binding, plan, write_id=f"{secrets.token_hex(16)}.{plan.version}",
+                                       via=via, now=time.time())
+        if clover_locs and not plan.woo_delta:
             intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
         raw = _intent_encoder.encode(intent)
         d.intents[bid] = raw  # before the commit: whatever interrupts it, the next merge recovers first
         await d.store.save_intent(bid, raw)
 
-        # 1. WooCommerce: the delta and the version marker in one request.
+        # 1. WooCommerce: through the companion (exactly once by write id), or the delta and the marker in one
+        # request.
         attached: dict[str, str | None] | None = None
         if plan.woo_delta:
-            # the figures this merge will leave go in the same request as the delta
-            expected = msgspec.structs.replace(binding, base_clover={**binding.base_clover, **plan.clover_expected})
-            attached = self.meta.meta(expected, shown_figures, pending)
-            change: StockWrite = (binding.woo, plan.woo_delta, plan.version)
-            if attached is not None:
-                change = (binding.woo, plan.woo_delta, plan.version, attached)
-            (res,) = await d.woo.apply_deltas([change])
-            if not res.ok:
-                refused = RemoteError(f"woocommerce write refused: {res.error}")
-                await self.log_failure(bid, pending, refused)
-                raise MergeFailed(str(refused))
+            if via == "companion":
+                quantity = await self._companion_write(binding, intent, pending)
+            else:
+                # the figures this merge will leave go in the same request as the delta
+                expected = msgspec.structs.replace(binding,
+                                                   base_clover={**binding.base_clover, **plan.clover_expected})
+                attached = self.meta.meta(expected, shown_figures, pending)
+                change: StockWrite = (binding.woo, plan.woo_delta, intent.marker)
+                if attached is not None:
+                    change = (binding.woo, plan.woo_delta, intent.marker, attached)
+                started = time.time()
+                try:
+                    (res,) = await d.woo.apply_deltas([change])
+                except WriteOutcomeUnknown as exc:
+                    await self._woo_unknown(binding, intent, exc.may_still_land)
+                    raise
+                except RemoteError:
+                    await self._nothing_sent(binding)  # never reached the store: nothing to recover
+                    raise
+                if not res.ok:
+                    if res.unknown:
+                        await self._woo_unknown(binding, intent, res.may_still_land)
+                    else:  # refused, or never attempted: nothing was applied
+                        await self._nothing_sent(binding)
+                    refused = RemoteError(f"woocommerce write refused: {res.error}")
+                    await self.log_failure(bid, pending, refused)
+                    raise MergeFailed(str(refused))
+                quantity = res.quantity
+                # not atomic: a checkout inside this request is erased; the witness looks for one
+                d.on_write(WriteWindow(binding_id=bid, sku=binding.sku, side="woo",
+                                       item=str(binding.woo.variation_id or binding.woo.product_id),
+                                       started=started, ended=time.time(), delta=plan.woo_delta,
+                                       returned=quantity))
             binding = core_merge.after_woo_step(binding, plan)
             intent = msgspec.structs.replace(intent, woo_done=True)
             if clover_locs:
-                if reread_clover:
-                    intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
+                intent = msgspec.structs.replace(intent, clover_started=(clover_locs[0],))
                 await self._commit_step(binding, intent)
-            if res.quantity is not None and res.quantity != plan.expected_woo:
+            if quantity is not None and quantity != plan.expected_woo:
                 # A Woo-side change landed meanwhile: it is a fresh dW for the next merge, never absorbed.
                 rerun = True
         else:
@@ -290,41 +330,37 @@ class MergeExecutor:
                 continue
             item_id = binding.clover_items[loc]
             client = d.clovers[loc]
-            # A merge reads right before writing, read and write admitted as one unit (the window for a
-            # POS sale is one round trip); a recount from list reads writes what it planned, at one call
-            # per item (the import's floor).
+            # Read right before writing, read and write admitted as one unit: the window for a POS sale is
+            # one round trip. A recount too: its list read may be minutes old.
             fresh: int | None
-            if reread_clover:
-                if loc not in intent.clover_started:
-                    intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
-                    await self._commit_step(binding, intent)
-                intent_now = intent
-                target_sent = False
+            if loc not in intent.clover_started:
+                intent = msgspec.structs.replace(intent, clover_started=(*intent.clover_started, loc))
+                await self._commit_step(binding, intent)
+            intent_now = intent
+            target_sent = False
 
-                async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
-                    nonlocal intent_now, target_sent
-                    target_sent = True  # the POST goes out concurrently with this commit
-                    intent_now = msgspec.structs.replace(
-                        intent_now, clover_targets={**intent_now.clover_targets, loc: target})
-                    await self._commit_step(step_binding, intent_now)
+            async def record_target(target: int, loc: str = loc, step_binding: Binding = binding) -> None:
+                nonlocal intent_now, target_sent
+                target_sent = True  # the POST goes out concurrently with this commit
+                intent_now = msgspec.structs.replace(
+                    intent_now, clover_targets={**intent_now.clover_targets, loc: target})
+                await self._commit_step(step_binding, intent_now)
 
-                try:
-                    done = await client.read_then_write(item_id, delta, record_target)
-                except Exception:
-                    if not target_sent:  # it failed before its write went out: nothing there is in doubt
-                        await self._commit_step(binding, _not_started(intent, loc))
-                    raise
-                intent = intent_now
-                fresh = done[0] if done is not None else None
-                if fresh is None and not target_sent:
-                    intent = _not_started(intent, loc)  # no stock record: it returned without writing
-            else:
-                fresh = clover_reads.get(loc)
-                if fresh is not None:
-                    intent = msgspec.structs.replace(intent, clover_targets={**intent.clover_targets,
-                                                                             loc: fresh + delta})
-                    await self._commit_step(binding, intent)
-                    await client.set_stock(item_id, fresh + delta)
+            started = time.time()
+            try:
+                done = await client.read_then_write(item_id, delta, record_target)
+            except Exception:
+                if not target_sent:  # it failed before its write went out: nothing there is in doubt
+                    await self._commit_step(binding, _not_started(intent, loc))
+                raise
+            intent = intent_now
+            fresh = done[0] if done is not None else None
+            if done is not None:  # a POS sale inside this window would be erased: the witness looks for one
+                d.on_write(WriteWindow(binding_id=bid, sku=binding.sku, side="clover", item=item_id,
+                                       started=started, ended=time.time(), delta=delta, location=loc,
+                                       read=done[0], stock_modified_ms=done[2]))
+            if fresh is None and not target_sent:
+                intent = _not_started(intent, loc)  # no stock record: it returned without writing
             if fresh is None:
                 await self._commit_step(binding, intent)
                 missing = RemoteError(f"clover item {item_id} at {loc} has no stock record")
@@ -345,6 +381,46 @@ class MergeExecutor:
         await self._flag(binding, plan, trigger)
         self._record(trigger, pending)
         return rerun
+
+    async def _companion_write(self, binding: Binding, intent: core_merge.WriteIntent, pending: Pending) -> int | None:
+        """The Woo delta through the WordPress companion; returns the stock right after it.
+
+        Error handling: a ``RemoteError`` leaves the intent as it is: the
+        binding's next merge resends the same write id, which applies it at
+        most once (``recovery``). ``CompanionMissing`` (its route answered 404,
+        so nothing was applied) clears the intent and fails the merge: the
+        retry reads afresh and writes by ``inventory_delta``. A refusal of the
+        change itself fails the merge like a refused ``inventory_delta``.
+        """
+        d = self.deps
+        bid = binding.binding_id
+        try:
+            (res,) = await d.woo.apply_changes([StockChange(intent.write_id, binding.woo, intent.woo_delta)])
+        except CompanionMissing as exc:
+            d.companion_gone(str(exc))
+            await d.store.commit_binding(binding, intent="clear", after_commit=lambda: d.intents.pop(bid, None))
+            missing = RemoteError(f"the WordPress companion is gone ({short(exc)}): merged again by inventory_delta")
+            await self.log_failure(bid, pending, missing)
+            raise MergeFailed(str(missing)) from None
+        if not res.ok:
+            refused = RemoteError(f"woocommerce change refused by the companion: {res.error}")
+            await self.log_failure(bid, pending, refused)
+            raise MergeFailed(str(refused))
+        return res.quantity
+
+    async def _woo_unknown(self, binding: Binding, intent: core_merge.WriteIntent, may_still_land: bool) -> None:
+        """The delta went out and no answer said whether it landed: recorded, so that recovery waits for a
+        write that may still land before it takes a missing marker for "not landed"."""
+        unknown = msgspec.structs.replace(intent, woo_answer="may_land" if may_still_land else "ended",
+                                          woo_unknown_at=time.time())
+        await self._commit_step(binding, unknown)
+
+    async def _nothing_sent(self, binding: Binding) -> None:
+        """The Woo write certainly did not land (refused, or never reached the store): the intent goes, and
+        the merge that follows plans afresh. Nothing was written to Clover yet (Woo is written first)."""
+        d = self.deps
+        bid = binding.binding_id
+        await d.store.commit_binding(binding, intent="clear", after_commit=lambda: d.intents.pop(bid, None))
 
     async def _commit_step(self, binding: Binding, intent: core_merge.WriteIntent) -> None:
         raw = _intent_encoder.encode(intent)

@@ -4,9 +4,10 @@ Rules:
 
 - In per-location mode each binding's per-location stock is published as
   product meta (``_cloverwoo_location_stock``, JSON) for pickup plugins. It
-  rides in the same request as the merge's Woo delta when there is one; a
-  meta-only write is sent only when the figures changed and nothing carried
-  them. A failed meta write is owed: the binding's next merge writes it even
+  rides in the same request as the merge's Woo delta when that goes by
+  ``inventory_delta``; the WordPress companion writes stock only, so its
+  changes are followed by a meta-only write, which is sent only when the
+  figures changed and nothing carried them. A failed meta write is owed: the binding's next merge writes it even
   when the bases do not move.
 - A mode switch leaving per-location mode removes the key from every binding
   it recounts: a stale figure must not stay on show.
@@ -83,7 +84,7 @@ class LocationMeta:
             self._meta_owed.discard(bid)
             return
         self._meta_owed.add(bid)  # until the write is known to have landed, whatever interrupts it
-        (res,) = await self.deps.woo.apply_deltas([(binding.woo, 0, binding.version, meta)])
+        (res,) = await self.deps.woo.apply_deltas([(binding.woo, 0, None, meta)])  # the marker stays as it is
         if not res.ok:
             refused = RemoteError(f"woocommerce meta write refused: {res.error}")
             await self._log_failure(bid, pending, refused)

@@ -51,7 +51,10 @@ class Rig:
             merge_config=core_merge.MergeConfig(locations=locations, primary=locations[0]),
             settled=self.settled_send, intents=self.intents,
             on_job_item=lambda *a: self.job_items.append(a),
-            **{"retry": Backoff(base=0.01, cap=0.05, max_attempts=1_000_000), **deps},
+            # the fakes never apply a write after its caller gave up on it: no grace to wait (test_late_writes.py
+            # sets one)
+            **{"retry": Backoff(base=0.01, cap=0.05, max_attempts=1_000_000), "woo_write_grace": 0.0,
+               "woo_crash_grace": 0.0, **deps},
         )
         self.shard = ShardActor(0, self.deps)
         self.settled: set[int] = set()
