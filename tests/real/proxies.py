@@ -360,8 +360,8 @@ def post_reading_early(url: str, body: bytes, headers: dict[str, str], *, ca: Pa
                         chunk = conn.recv(65536)
                     except (ssl.SSLWantReadError, BlockingIOError):
                         chunk = None
-                    except ConnectionResetError:
-                        chunk = b""
+                    except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                        chunk = b""  # closed (a TLS close without close_notify, too)
                     if chunk == b"":
                         if not got:
                             raise ConnectionError(f"{url} closed the connection without an answer "
@@ -373,8 +373,9 @@ def post_reading_early(url: str, body: bytes, headers: dict[str, str], *, ca: Pa
                         sent += conn.send(view[sent: sent + 65536])
                     except (ssl.SSLWantWriteError, BlockingIOError):
                         pass
-                    except (BrokenPipeError, ConnectionResetError):
-                        sent = len(body)  # the server stopped reading: its answer may still be there to read
+                    except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
+                        # the server stopped reading (Caddy closes TLS mid-body once it has answered):
+                        sent = len(body)  # its answer may still be there to read
         finally:
             if conn is not raw:
                 conn.close()
