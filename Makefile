@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint chaos soak clean venv
+.PHONY: demo test test-fast bench lint chaos soak clean venv
 
 venv: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cloverwoo demo
 
+# Everything: unit tests, the daemon end to end over HTTP, the real WooCommerce store and proxies.
+# TEST_WORKERS processes (pytest-xdist); the real store's tests stay together on one of them.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup tests
+
+# The edit loop: core, io, actors (over fake ports) and the simulators' own tests, under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/core tests/io tests/actors tests/sim
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -135,9 +135,13 @@ async def store(store_rig: Rig | None, nursery: trio.Nursery) -> AsyncIterator[W
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of the real store, and keep them on one xdist worker (``--dist loadgroup``):
+    one store per run, started once, its tests one after the other as on a merchant's server."""
     for item in items:
         if "realwoo_rig" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.realwoo)
+        if item.get_closest_marker("realwoo") is not None:
+            item.add_marker(pytest.mark.xdist_group("realwoo"))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -147,13 +151,39 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             _REPORT["tests"] += 1
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say what the real-store tier did: skipped and why, or what the store cost."""
+def _summary() -> tuple[str, bool] | None:
+    """What the real-store tier did (the line, and whether it is a warning), or None if it did not run."""
     rig: Rig | None = _REPORT["rig"]
     if _REPORT["skip"]:
-        terminalreporter.write_line(f"real-store tests SKIPPED: {_REPORT['skip']}", yellow=True, bold=True)
-    elif rig is not None:
-        how = "fresh, purged after" if rig.created else "kept"
-        terminalreporter.write_line(
-            f"real-store tier: {_REPORT['tests']} tests in {_REPORT['seconds']:.0f} s (the store's up "
-            f"{rig.up_seconds:.1f} s included), then down {rig.down_seconds:.1f} s ({how}: {rig.dir})")
+        return f"real-store tests SKIPPED: {_REPORT['skip']}", True
+    if rig is None:
+        return None
+    how = "fresh, purged after" if rig.created else "kept"
+    return (f"real-store tier: {_REPORT['tests']} tests in {_REPORT['seconds']:.0f} s (the store's up "
+            f"{rig.up_seconds:.1f} s included), then down {rig.down_seconds:.1f} s ({how}: {rig.dir})"), False
+
+
+_FROM_WORKERS: list[tuple[str, bool]] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker, hand the tier's line to the controller (it prints the terminal summary).
+    trylast: the session fixtures (the store's teardown, timed into the line) are finished by then."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and (line := _summary()) is not None:
+        workeroutput["realwoo_summary"] = list(line)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, never called
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    line = getattr(node, "workeroutput", {}).get("realwoo_summary")
+    if line:
+        _FROM_WORKERS.append((line[0], bool(line[1])))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say what the real-store tier did: skipped and why, or what the store cost."""
+    own = _summary()
+    for text, warn in _FROM_WORKERS + ([own] if own is not None else []):
+        terminalreporter.write_line(text, yellow=warn, bold=warn)
