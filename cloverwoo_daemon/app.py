@@ -250,6 +250,7 @@ async def run_daemon(
             check_every=parse_duration(cfg.alerts.webhook_check_every, key="alerts.webhook_check_every") or 300.0,
             clover_silence=parse_duration(cfg.alerts.clover_silence, key="alerts.clover_silence"),
             last_clover_event=lambda: health.last_event.get("clover"),
+            last_woo_event=lambda: health.last_event.get("woocommerce"),
             clover_found=lambda: sum(a.status.found for a in locations.values()),
             reachability=lambda: {
                 **{f"Clover location {n}": (a.status.reachable, a.status.last_error) for n, a in locations.items()},

@@ -323,6 +323,10 @@ def _print_dashboard(data: dict[str, Any]) -> None:
             console.print(f"woo webhook #{h['id']} {h['topic']}: [{color}]{h['status']}[/{color}]")
     if woo.get("re_enabled"):
         console.print(f"[yellow]re-enabled {woo['re_enabled']} disabled WooCommerce webhook(s)[/yellow]")
+    for hook_id, at in sorted((woo.get("held_back") or {}).items()):
+        console.print(f"[red]woo webhook #{hook_id} still failing[/red] (disabled again before any delivery reached "
+                      f"the daemon): re-enabled again at {time.strftime('%H:%M:%S', time.localtime(at))}; "
+                      "check that WooCommerce can reach the delivery URL")
     if woo.get("clover_silent_since"):
         console.print("[red]no Clover webhook lately while the poll finds changes[/red]")
     for name, loc in sorted(wh["locations"].items()):

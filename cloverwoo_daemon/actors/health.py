@@ -7,6 +7,14 @@ Rules this actor keeps:
   ``disabled`` (WooCommerce does that after repeated failed deliveries, and
   never retries) is re-enabled at once and alerted. ``paused`` is the
   merchant's choice and left alone.
+- A webhook disabled again before any WooCommerce delivery reached us since
+  we re-enabled it is still failing (our URL unreachable, a proxy refusing):
+  WooCommerce keeps its failure count, so one more failed delivery disables it
+  again at once. Re-enabling it every check would only buy one lost delivery
+  per check and an alert each time, so it is re-enabled again after a backoff
+  (the check interval, doubling, at most ``reenable_max_wait``) without a new
+  alert; the catch-up poll covers the gap. A delivery that arrives ends the
+  episode: the next disable is a new one, alerted again.
 - Clover silence: when the Clover poll found a change later than the last
   Clover webhook, and no Clover webhook arrived for ``clover_silence``, it
   alerts once; a webhook arriving re-arms it.
@@ -47,6 +55,8 @@ class HealthDeps:
     last_clover_event: Callable[[], float | None] = lambda: None  # unix
     clover_found: Callable[[], int] = lambda: 0  # changes the Clover polls found, cumulative
     reachability: Callable[[], Mapping[str, tuple[bool, str]]] = lambda: {}  # name -> (reachable, last error)
+    last_woo_event: Callable[[], float | None] = lambda: None  # unix: the last WooCommerce delivery accepted
+    reenable_max_wait: float = 6 * 3600.0
     clock: Callable[[], float] = time.time
     tick: float = 10.0  # how often silence and reachability are looked at
 
@@ -57,6 +67,7 @@ class HealthStatus:
     last_check: float | None = None
     last_error: str = ""
     re_enabled: int = 0
+    held_back: dict[int, float] = field(default_factory=dict)  # webhook id -> unix time of its next re-enable
     clover_silent_since: float | None = None
     unreachable: list[str] = field(default_factory=list)
 
@@ -70,6 +81,7 @@ class HealthActor:
         self._last_finding: float | None = None  # unix time the Clover poll last found something new
         self._silence_alerted = False
         self._unreachable: set[str] = set()
+        self._episodes: dict[int, tuple[float, int]] = {}  # webhook id -> (last re-enabled, re-enables in a row)
         self.checked = trio.Event()  # set after each webhook check (tests wait on it)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,12 +102,7 @@ class HealthActor:
             hooks = list(await d.woo.list_webhooks("all"))
             for h in hooks:
                 if h.status == "disabled" and _ours(h.delivery_url):
-                    await d.woo.set_webhook_status(h.id, "active")
-                    self.status.re_enabled += 1
-                    log.warning("woo_webhook_reenabled", webhook_id=h.id, topic=h.topic)
-                    d.alert("webhook_disabled", f"WooCommerce webhook #{h.id} {h.topic}",
-                            f"delivery to {h.delivery_url} failed repeatedly; re-enabled at "
-                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(d.clock()))} UTC")
+                    await self._re_enable(h.id, h.topic, h.delivery_url)
             hooks = list(await d.woo.list_webhooks("all")) if any(h.status == "disabled" for h in hooks) else hooks
             self.status.webhooks = [
                 {"id": h.id, "topic": h.topic, "status": h.status, "delivery_url": h.delivery_url,
@@ -108,6 +115,30 @@ class HealthActor:
         self.status.last_check = d.clock()
         self.checked.set()
         self.checked = trio.Event()
+
+    async def _re_enable(self, webhook_id: int, topic: str, url: str) -> None:
+        d = self.deps
+        now = d.clock()
+        delivered = d.last_woo_event()
+        last, in_a_row = self._episodes.get(webhook_id, (None, 0))
+        if last is not None and (delivered is None or delivered < last):  # still failing: the same episode
+            wait = min(d.check_every * 2 ** (in_a_row - 1), d.reenable_max_wait)
+            if now < last + wait:
+                self.status.held_back[webhook_id] = last + wait
+                log.info("woo_webhook_still_disabled", webhook_id=webhook_id, topic=topic,
+                         re_enabled_in_a_row=in_a_row, next_re_enable_in_s=round(last + wait - now))
+                return
+        else:
+            in_a_row = 0
+        await d.woo.set_webhook_status(webhook_id, "active")
+        self._episodes[webhook_id] = (now, in_a_row + 1)
+        self.status.held_back.pop(webhook_id, None)
+        self.status.re_enabled += 1
+        log.warning("woo_webhook_reenabled", webhook_id=webhook_id, topic=topic, re_enabled_in_a_row=in_a_row + 1)
+        if in_a_row == 0:
+            d.alert("webhook_disabled", f"WooCommerce webhook #{webhook_id} {topic}",
+                    f"delivery to {url} failed repeatedly; re-enabled at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now))} UTC")
 
     def look(self) -> None:
         """Clover silence and reachability, from the other actors' status (cheap, no I/O)."""

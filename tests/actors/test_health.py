@@ -6,9 +6,18 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from cloverwoo_daemon.actors.health import HealthActor, HealthDeps
 from cloverwoo_daemon.core.alerts import AlertKind
 from cloverwoo_daemon.io.woocommerce import WooClient
+
+
+class WebhookRow(msgspec.Struct):
+    id: int
+    topic: str
+    status: str
+    delivery_url: str
 
 
 class World:
@@ -67,3 +76,46 @@ async def test_unreachable_alerts_once_per_outage() -> None:
         w.reach["Clover location downtown"] = (False, "")
         a.look()
         assert len(w.alerts) == 2 and w.alerts[1][2] == "requests keep failing"
+
+
+class Hooks:
+    """WooCommerce's webhooks as the health check lists them; ``set_webhook_status`` records each re-enable."""
+
+    def __init__(self) -> None:
+        self.status = "disabled"
+        self.re_enables = 0
+
+    async def list_webhooks(self, status: str = "all") -> list[WebhookRow]:
+        return [WebhookRow(id=7, topic="product.updated", status=self.status,
+                           delivery_url="https://sync.example.com/webhooks/woocommerce")]
+
+    async def set_webhook_status(self, webhook_id: int, status: str) -> WebhookRow:
+        self.status = status
+        self.re_enables += 1
+        return (await self.list_webhooks())[0]
+
+
+async def test_a_webhook_disabled_again_without_a_delivery_is_re_enabled_with_backoff_and_alerted_once() -> None:
+    w, hooks = World(), Hooks()
+    last_woo: list[float | None] = [None]
+    a = HealthActor(HealthDeps(woo=hooks, alert=lambda k, s, d: w.alerts.append((k, s, d)), check_every=300.0,
+                               last_woo_event=lambda: last_woo[0], clock=lambda: w.now))
+
+    async def check_after(seconds: float) -> None:
+        w.now += seconds
+        await a.check_webhooks()
+
+    await check_after(0)
+    assert (hooks.re_enables, len(w.alerts)) == (1, 1)
+    hooks.status = "disabled"  # the next delivery failed too: WooCommerce kept its failure count
+    await check_after(300)  # 300 s after: the first wait is one check interval
+    assert (hooks.re_enables, len(w.alerts)) == (2, 1)
+    hooks.status = "disabled"
+    await check_after(300)  # now the wait is 600 s: held back, shown in the status
+    assert hooks.re_enables == 2 and a.status.held_back == {7: w.now + 300}
+    await check_after(300)
+    assert (hooks.re_enables, len(w.alerts)) == (3, 1) and a.status.held_back == {}
+    hooks.status = "disabled"
+    last_woo[0] = w.now + 1  # a delivery reached us after that re-enable: the episode ended
+    await check_after(10)
+    assert (hooks.re_enables, len(w.alerts)) == (4, 2)  # a new episode: at once, and alerted
