@@ -195,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     from cloverwoo_daemon.io.control import AlreadyServed, SocketPathUnusable, check_socket_path
     from cloverwoo_daemon.io.logs import configure_logging
     from cloverwoo_daemon.io.store import StoreError
+    from cloverwoo_daemon.io.webhooks import ListenUnavailable, check_listen
 
     cfg = load_config(args.config)
     check_service_directories(cfg, os.environ, source=args.config)
@@ -203,6 +204,11 @@ def _run(args: argparse.Namespace) -> int:
         check_socket_path(cfg.control.socket)
     except SocketPathUnusable as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        check_listen(cfg.server.listen)
+    except ListenUnavailable as exc:
+        print(f"cloverwoo: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     configure_logging(secrets=secrets.values())
     config_errors: list[BaseException] = []
     failed: list[BaseException] = []
@@ -210,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         trio.run(_preflight_then_run, cfg, secrets, run_daemon)  # preflight at start
     except* (ConfigError, SocketPathUnusable) as group:
         config_errors.extend(_leaves(group))
-    except* (CrashBudgetExceeded, StoreError, AlreadyServed) as group:
+    except* (CrashBudgetExceeded, StoreError, AlreadyServed, ListenUnavailable) as group:
         failed.extend(_leaves(group))
     if config_errors:
         print(f"cloverwoo: config error: {config_errors[0]}", file=sys.stderr)

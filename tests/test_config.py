@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,23 @@ def test_run_exits_2_with_one_line_for_every_config_error(tmp_path: Path, case: 
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith("cloverwoo: config error: ") and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "state.sqlite3").exists()  # refused before anything started
+
+
+def test_run_with_its_listen_port_taken_exits_1_with_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """Before, the store opened, the actors started and the server's bind failed deep inside them: a traceback
+    and exit 1 after the preflight. Now one line naming the key, and the state file is never created."""
+    write_secrets(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = MINIMAL.format(d=tmp_path).replace("https://shop.example.com", "http://127.0.0.1:9")
+        text += (f'\n[state]\npath = "{tmp_path}/state.sqlite3"\n[control]\nsocket = "{tmp_path}/control.sock"\n'
+                 f'[server]\nlisten = "127.0.0.1:{port}"\n')
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        proc = _run_daemon_cli(cfg)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr == (f"cloverwoo: cannot listen on 127.0.0.1:{port} ([server] listen): address already in "
+                           "use (is another cloverwoo, or another program, running on it?)\n")
+    assert not (tmp_path / "state.sqlite3").exists()

@@ -50,6 +50,7 @@ refused handshake counts as rejected_auth).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -84,7 +85,7 @@ from cloverwoo_daemon.core.webhook_parse import (
 from cloverwoo_daemon.messages import InboundEvent
 from cloverwoo_daemon.ports import Overloaded
 
-__all__ = ["Intake", "Overloaded", "WebhookDeps", "create_app", "serve_webhooks"]
+__all__ = ["Intake", "ListenUnavailable", "Overloaded", "WebhookDeps", "check_listen", "create_app", "serve_webhooks"]
 
 log = structlog.get_logger("cloverwoo.webhooks")
 
@@ -454,6 +455,25 @@ def _hyper_config(listen: str) -> HyperConfig:
     return cfg
 
 
+class ListenUnavailable(Exception):
+    """The webhook address cannot be listened on (taken, or not an address of this machine)."""
+
+
+def check_listen(listen: str) -> None:
+    """Bind ``listen`` once and let it go, so that a taken port is one line at start, before the store opens
+    and the actors run (not a traceback from deep inside the server once they do). Hypercorn binds it again
+    a moment later with the same options; a process taking the port in between is told the same way."""
+    try:
+        for sock in _hyper_config(listen).create_sockets().insecure_sockets:
+            sock.close()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ListenUnavailable(
+            f"cannot listen on {listen} ([server] listen): {why.lower()}"
+            + (" (is another cloverwoo, or another program, running on it?)" if exc.errno == errno.EADDRINUSE
+               else "")) from None
+
+
 async def serve_webhooks(
     app: QuartTrio,
     listen: str,
@@ -483,6 +503,7 @@ async def serve_webhooks(
         async with trio.open_nursery() as nursery:
             if refusals is not None:
                 nursery.start_soon(refusals.run)
+            check_listen(listen)
             await serve(app, _hyper_config(listen), task_status=_Status(), **kwargs)
             nursery.cancel_scope.cancel()
     finally:
